@@ -1,0 +1,142 @@
+"""Attention weights under any attention implementation, without switching the model to eager.
+
+transformers looks up the attention function by name on every call
+(``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``).
+While a capture is active we place a wrapper in that registry's *local* mapping under the model's own
+implementation name. The wrapper calls the very function the model would have called, so outputs are
+unchanged bit for bit; only for modules someone listens to does it also compute
+``softmax(q kᵀ · scale + mask)`` in float32, exactly as eager attention does (grouped KV heads
+repeated, causal mask rebuilt when sdpa was given none). The wrapper is removed when the last capture
+ends, on exceptions too.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+try:  # transformers >= 4.48
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+except ImportError:  # pragma: no cover - older transformers
+    ALL_ATTENTION_FUNCTIONS = None
+
+Listener = Callable[[torch.Tensor], None]
+
+_lock = threading.RLock()
+_listeners: dict[int, Listener] = {}  # id(attention module) -> callback receiving [batch, heads, q, k]
+_installed: dict[str, tuple[bool, object]] = {}  # implementation name -> (had local entry, previous entry)
+_users: dict[str, int] = {}
+
+
+def _module_eager(module: nn.Module) -> Callable:
+    """The eager attention function of the module's own modeling file (every HF family defines one)."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise TypeError(
+            f"{type(module).__name__} does not use transformers' attention functions, so its weights cannot be "
+            "captured; load the model with attn_implementation='eager' or 'sdpa'."
+        )
+    return fn
+
+
+def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None) -> torch.Tensor:
+    """Eager attention probabilities, float32, shape [batch, heads, q, k], from post-rotary q and k."""
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # grouped-query attention: each KV head serves n_rep query heads
+        key = key.repeat_interleave(n_rep, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    q_len, k_len = scores.shape[-2:]
+    if attention_mask is not None:
+        mask = attention_mask[..., :k_len]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    else:
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        if causal and q_len > 1:
+            # Queries are the last q_len positions of the k_len keys (a KV cache may hold earlier ones).
+            q_pos = torch.arange(k_len - q_len, k_len, device=scores.device)[:, None]
+            k_pos = torch.arange(k_len, device=scores.device)[None, :]
+            scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _wrapper(name: str, original: Callable | None) -> Callable:
+    def capturing_attention(module, query, key, value, attention_mask, *args, **kwargs):
+        fn = original if original is not None else _module_eager(module)
+        out = fn(module, query, key, value, attention_mask, *args, **kwargs)
+        listener = _listeners.get(id(module))
+        if listener is not None:
+            weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+            if weights is None or weights.dtype != torch.float32:
+                with torch.no_grad():
+                    weights = attention_weights(
+                        module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal")
+                    )
+            listener(weights.detach())
+        return out
+
+    capturing_attention.__nbinspect__ = name
+    return capturing_attention
+
+
+def _install(name: str) -> None:
+    registry = ALL_ATTENTION_FUNCTIONS
+    local = registry._local_mapping
+    had = name in local
+    previous = local.get(name)
+    original = previous if had else registry._global_mapping.get(name)  # None for "eager"
+    local[name] = _wrapper(name, original)
+    _installed[name] = (had, previous)
+
+
+def _uninstall(name: str) -> None:
+    had, previous = _installed.pop(name)
+    local = ALL_ATTENTION_FUNCTIONS._local_mapping
+    if had:
+        local[name] = previous
+    else:
+        local.pop(name, None)
+
+
+def implementation_of(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
+class listening:
+    """Context manager: call ``listeners[module]`` with each attention module's weights while active."""
+
+    def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener]):
+        if ALL_ATTENTION_FUNCTIONS is None:
+            raise RuntimeError("capturing attention needs transformers >= 4.48 (its attention-function registry).")
+        self.name = implementation_of(model)
+        self.listeners = listeners
+
+    def __enter__(self):
+        with _lock:
+            clash = [m for m in self.listeners if id(m) in _listeners]
+            if clash:
+                raise RuntimeError("another capture is already recording this model's attention; end it first.")
+            if _users.get(self.name, 0) == 0:
+                _install(self.name)
+            _users[self.name] = _users.get(self.name, 0) + 1
+            for module, fn in self.listeners.items():
+                _listeners[id(module)] = fn
+        return self
+
+    def __exit__(self, *exc):
+        with _lock:
+            for module in self.listeners:
+                _listeners.pop(id(module), None)
+            _users[self.name] -= 1
+            if _users[self.name] == 0:
+                del _users[self.name]
+                _uninstall(self.name)
+        return False

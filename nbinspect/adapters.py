@@ -1,0 +1,232 @@
+"""Where each model family keeps its parts.
+
+Every architecture difference nbinspect knows about lives in this module and nowhere else: the capture
+engine, perturbations and views ask an :class:`Adapter` for "layer 3's attention" or "the module whose
+input is layer 3's MLP neurons" and never look at class names themselves.
+
+A family is described by dotted paths relative to the model's ``base_model`` (so ``LlamaModel`` and
+``LlamaForCausalLM`` share one entry). A model outside the table raises :class:`UnsupportedModelError`
+naming what could not be found; pass ``parts=ModelParts(...)`` to name the modules by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not a transformer nbinspect can find its way around."""
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """Dotted paths (relative to ``model.base_model``) of the parts nbinspect hooks.
+
+    ``layers`` names the list of transformer blocks; the other paths are relative to one block.
+    ``None`` means the family has no such part (BERT has no final norm, dense models no router).
+    """
+
+    layers: str
+    attention: str  # the module that calls the attention function (receives q, k, v)
+    attention_output: str  # the linear layer whose *input* is the concatenated per-head outputs
+    mlp: str
+    neurons: str | None  # the linear layer whose *input* is the MLP neuron activations
+    final_norm: str | None = None  # relative to base_model
+    embedding: str | None = None  # relative to base_model
+    router: str | None = None  # MoE gate; its output holds router logits/probabilities
+    causal: bool = True
+
+
+_LLAMA_LIKE = ModelParts(
+    layers="layers",
+    attention="self_attn",
+    attention_output="self_attn.o_proj",
+    mlp="mlp",
+    # Gated MLPs: down_proj reads act(gate) * up, which is what a "neuron activation" is.
+    neurons="mlp.down_proj",
+    final_norm="norm",
+    embedding="embed_tokens",
+)
+
+FAMILIES: dict[str, ModelParts] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "gpt2": ModelParts(
+        layers="h",
+        attention="attn",
+        attention_output="attn.c_proj",
+        mlp="mlp",
+        neurons="mlp.c_proj",
+        final_norm="ln_f",
+        embedding="wte",
+    ),
+    "bert": ModelParts(
+        layers="encoder.layer",
+        attention="attention.self",
+        attention_output="attention.output.dense",
+        mlp="intermediate",
+        neurons="output.dense",
+        final_norm=None,
+        embedding="embeddings.word_embeddings",
+        causal=False,
+    ),
+    "gpt_neox": ModelParts(
+        layers="layers",
+        attention="attention",
+        attention_output="attention.dense",
+        mlp="mlp",
+        neurons="mlp.dense_4h_to_h",
+        final_norm="final_layer_norm",
+        embedding="embed_in",
+    ),
+    # MoE families: experts are fused 3-D parameters in recent transformers, so there is no single
+    # linear layer whose input is "the" neuron activation; neurons are not offered for them.
+    "mixtral": replace(_LLAMA_LIKE, neurons=None, router="mlp.gate"),
+    "qwen2_moe": replace(_LLAMA_LIKE, neurons=None, router="mlp.gate"),
+}
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+@dataclass
+class Adapter:
+    """A model together with the paths to its parts, resolved to modules."""
+
+    model: nn.Module
+    parts: ModelParts
+    family: str
+
+    @classmethod
+    def of(cls, model: nn.Module, parts: ModelParts | None = None) -> Adapter:
+        if not isinstance(model, nn.Module):
+            raise UnsupportedModelError(
+                f"expected a torch.nn.Module transformer (e.g. from nbinspect.load or transformers), got {type(model).__name__}"
+            )
+        config = getattr(model, "config", None)
+        family = getattr(config, "model_type", None) or "custom"
+        if parts is None:
+            parts = FAMILIES.get(family)
+        if parts is None:
+            known = ", ".join(sorted(FAMILIES))
+            raise UnsupportedModelError(
+                f"nbinspect does not know where the layers of a {family!r} model ({type(model).__name__}) are; "
+                f"supported families: {known}. Name them by hand with parts=nbinspect.ModelParts(layers=..., attention=..., ...)."
+            )
+        adapter = cls(model=model, parts=parts, family=family)
+        adapter._check()
+        return adapter
+
+    def _check(self) -> None:
+        missing = []
+        try:
+            layers = self.layers
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"could not find the layer list {self.parts.layers!r} in {type(self.model).__name__}; "
+                "name it by hand with parts=nbinspect.ModelParts(layers=...)."
+            ) from None
+        if len(layers) == 0:
+            raise UnsupportedModelError(f"{type(self.model).__name__} has an empty layer list at {self.parts.layers!r}.")
+        for name in ("attention", "attention_output", "mlp", "neurons", "router"):
+            path = getattr(self.parts, name)
+            if path is None:
+                continue
+            try:
+                _get(layers[0], path)
+            except AttributeError:
+                missing.append(f"{name} ({path!r})")
+        if missing:
+            raise UnsupportedModelError(
+                f"could not find {', '.join(missing)} in layer 0 of {type(self.model).__name__}; "
+                "name the modules by hand with parts=nbinspect.ModelParts(...)."
+            )
+
+    # --- the model as a whole -------------------------------------------------------------
+    @property
+    def base(self) -> nn.Module:
+        return getattr(self.model, "base_model", self.model)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _get(self.base, self.parts.layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_heads(self) -> int:
+        c = self.config
+        return getattr(c, "num_attention_heads", None) or getattr(c, "n_head")
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def max_positions(self) -> int | None:
+        c = self.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(c, name, None)
+            if value:
+                return int(value)
+        return None
+
+    @property
+    def is_causal(self) -> bool:
+        return self.parts.causal
+
+    def final_norm(self) -> nn.Module | None:
+        return _get(self.base, self.parts.final_norm) if self.parts.final_norm else None
+
+    def embedding(self) -> nn.Module | None:
+        return _get(self.base, self.parts.embedding) if self.parts.embedding else None
+
+    def unembedding(self) -> nn.Module | None:
+        get = getattr(self.model, "get_output_embeddings", None)
+        return get() if get else None
+
+    def tied_embeddings(self) -> bool:
+        emb, unemb = self.embedding(), self.unembedding()
+        return emb is not None and unemb is not None and emb.weight is unemb.weight
+
+    # --- one layer ------------------------------------------------------------------------
+    def check_layer(self, layer: int) -> int:
+        n = self.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{n - 1}.")
+        return layer % n
+
+    def check_head(self, head: int) -> int:
+        n = self.n_heads
+        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < n:
+            raise IndexError(f"head {head!r} is out of range: this model has heads 0..{n - 1} per layer.")
+        return head
+
+    def part(self, layer: int, name: str) -> nn.Module:
+        path = getattr(self.parts, name)
+        if path is None:
+            raise UnsupportedModelError(f"a {self.family!r} model has no {name} part that nbinspect can hook.")
+        return _get(self.layers[self.check_layer(layer)], path)
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.part(layer, "attention")
+
+    def device_of(self, layer: int) -> torch.device:
+        """Where the layer's weights live (layers may sit on different devices under a device_map)."""
+        for p in self.layers[self.check_layer(layer)].parameters():
+            if p.device.type != "meta":
+                return p.device
+        return next(self.model.parameters()).device
