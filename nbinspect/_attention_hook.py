@@ -44,28 +44,50 @@ def _module_eager(module: nn.Module) -> Callable:
 
 
 def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None) -> torch.Tensor:
-    """Eager attention probabilities, float32, shape [batch, heads, q, k], from post-rotary q and k."""
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:  # grouped-query attention: each KV head serves n_rep query heads
-        key = key.repeat_interleave(n_rep, dim=1)
+    """Eager attention probabilities, float32, shape [batch, heads, q, k], from post-rotary q and k.
+
+    Written for long inputs: the n x n scores are allocated once, scaled, masked and normalised with as
+    few passes over them as possible, and grouped KV heads are never copied.
+    """
+    batch, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    n_rep = heads // kv_heads  # grouped-query attention: query head j reads KV head j // n_rep
     if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
-    q_len, k_len = scores.shape[-2:]
+        scaling = dim**-0.5
+    # Scaling q before the product (not the n x n result) saves a pass; it changes rounding by ~1 ulp.
+    q = (query.float() * scaling).reshape(batch * kv_heads, n_rep * q_len, dim)
+    k = key.float().reshape(batch * kv_heads, k_len, dim)
+    scores = torch.bmm(q, k.transpose(1, 2)).view(batch, heads, q_len, k_len)
     if attention_mask is not None:
         mask = attention_mask[..., :k_len]
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            # The dtype's minimum, as eager's additive masks use: a fully masked (padding) query row
+            # then comes out uniform, as in eager, instead of NaN.
+            scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + mask.float()
+            scores.add_(mask.float())
     else:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         if causal and q_len > 1:
-            # Queries are the last q_len positions of the k_len keys (a KV cache may hold earlier ones).
-            q_pos = torch.arange(k_len - q_len, k_len, device=scores.device)[:, None]
-            k_pos = torch.arange(k_len, device=scores.device)[None, :]
-            scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
+            scores.add_(_causal_mask(q_len, k_len, scores.device))
     return torch.softmax(scores, dim=-1)
+
+
+_causal_cache: dict[tuple, torch.Tensor] = {}
+
+
+def _causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """Additive mask hiding later keys; queries are the last q_len of k_len positions (a KV cache may hold
+    earlier ones). One per shape and device is kept, since every layer of a forward needs the same one."""
+    key = (q_len, k_len, str(device))
+    mask = _causal_cache.get(key)
+    if mask is None:
+        q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        k_pos = torch.arange(k_len, device=device)[None, :]
+        mask = torch.zeros(q_len, k_len, device=device).masked_fill_(k_pos > q_pos, float("-inf"))
+        _causal_cache.clear()  # lengths change from call to call; keeping only the latest bounds the memory
+        _causal_cache[key] = mask
+    return mask
 
 
 def _wrapper(name: str, original: Callable | None) -> Callable:

@@ -139,15 +139,23 @@ class Adapter:
             path = getattr(self.parts, name)
             if path is None:
                 continue
-            try:
-                _get(layers[0], path)
-            except AttributeError:
+            # Some MoE models keep dense MLPs in a few layers, so a router only has to exist somewhere.
+            where = layers if name == "router" else layers[:1]
+            if not any(self._has(layer, path) for layer in where):
                 missing.append(f"{name} ({path!r})")
         if missing:
             raise UnsupportedModelError(
                 f"could not find {', '.join(missing)} in layer 0 of {type(self.model).__name__}; "
                 "name the modules by hand with parts=nbinspect.ModelParts(...)."
             )
+
+    @staticmethod
+    def _has(block: nn.Module, path: str) -> bool:
+        try:
+            _get(block, path)
+        except AttributeError:
+            return False
+        return True
 
     # --- the model as a whole -------------------------------------------------------------
     @property
@@ -174,6 +182,12 @@ class Adapter:
     @property
     def n_kv_heads(self) -> int:
         return getattr(self.config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one head's output: the attention output projection reads ``n_heads * head_dim`` features."""
+        width = self.output_projection(0)[0].shape[1]
+        return width // self.n_heads
 
     @property
     def max_positions(self) -> int | None:
@@ -224,9 +238,50 @@ class Adapter:
     def attention(self, layer: int) -> nn.Module:
         return self.part(layer, "attention")
 
+    def has_part(self, layer: int, name: str) -> bool:
+        """Whether this layer has the part (Qwen2-MoE, for one, mixes dense and routed MLP layers)."""
+        path = getattr(self.parts, name)
+        if path is None:
+            return False
+        return self._has(self.layers[self.check_layer(layer)], path)
+
+    def router_layers(self) -> list[int]:
+        """The layers whose MLP is a mixture of experts with a router nbinspect can read."""
+        return [i for i in range(self.n_layers) if self.has_part(i, "router")]
+
+    @property
+    def n_experts(self) -> int | None:
+        c = self.config
+        return getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None)
+
+    def output_projection(self, layer: int, module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W, b)`` of the attention output projection with ``W`` as ``[d_model, n_heads * head_dim]``.
+
+        GPT-2's Conv1D stores its weight transposed (``[in, out]``); this hides that, so head ``h``
+        writes ``z[..., h*d:(h+1)*d] @ W[:, h*d:(h+1)*d].T``. Pass ``module`` to read the weights of the
+        module as it is during a forward (offloaded weights are only materialized then).
+        """
+        module = self.part(layer, "attention_output") if module is None else module
+        weight = module.weight
+        if type(module).__name__ == "Conv1D":
+            weight = weight.t()
+        return weight, getattr(module, "bias", None)
+
     def device_of(self, layer: int) -> torch.device:
-        """Where the layer's weights live (layers may sit on different devices under a device_map)."""
-        for p in self.layers[self.check_layer(layer)].parameters():
+        """Where the layer computes (layers may sit on different devices under a device_map).
+
+        Offloaded layers keep their weights on "meta" between forwards; accelerate's hook then says
+        where they are brought to run.
+        """
+        block = self.layers[self.check_layer(layer)]
+        for module in block.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+        for p in block.parameters():
             if p.device.type != "meta":
                 return p.device
-        return next(self.model.parameters()).device
+        for p in self.model.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return torch.device("cpu")
