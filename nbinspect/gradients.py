@@ -1,0 +1,219 @@
+"""Gradients of a chosen target: norms per parameter and per module, and input attribution per token.
+
+A *target* is the scalar whose gradient is taken:
+
+- ``"loss"``: the language-modelling loss on the input itself (``labels = input_ids``);
+- an ``int`` token id: that token's logit at the last position (summed over the batch);
+- a callable ``fn(output) -> scalar tensor`` on the model's output;
+- ``None`` (attribution only): the logit of the token the model predicts next, per batch row.
+
+Norms are taken as each gradient lands (``register_post_accumulate_grad_hook``) and the gradient is
+dropped right away, so no full ``.grad`` tensor outlives the backward pass. Whatever happens, the model's
+training flag, every parameter's ``requires_grad`` and its ``.grad`` (including a gradient that was
+already there) are put back as they were. For gradients of captured activations, use
+``nbinspect.capture(..., gradients=True)`` around your own backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, ModelParts
+
+Target = str | int | Callable | None
+METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
+
+
+@dataclass
+class GradientNorms:
+    """L2 norms of the target's gradient, as 0-d float32 tensors on each parameter's device.
+
+    parameters: parameter name -> norm (a tied weight appears under each of its names).
+    modules: module name -> norm over all its parameters (``""`` is the whole model).
+    layers: one norm per transformer block, first to last (to spot vanishing or exploding gradients).
+    target: the target's value.
+    """
+
+    parameters: dict[str, torch.Tensor]
+    modules: dict[str, torch.Tensor]
+    layers: list[torch.Tensor]
+    target: torch.Tensor
+
+
+def _as_inputs(inputs) -> dict[str, torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return {"input_ids": inputs}
+    if isinstance(inputs, Mapping) and "input_ids" in inputs:
+        return dict(inputs)
+    raise TypeError(
+        "expected the model inputs as a tensor of token ids or a tokenizer's output (a dict with 'input_ids'), "
+        f"got {type(inputs).__name__}."
+    )
+
+
+def _value(output, target: Target, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """The scalar to differentiate. ``tokens`` fixes the predicted token for ``target=None``."""
+    if target == "loss":
+        loss = getattr(output, "loss", None)
+        if loss is None:
+            raise ValueError(
+                "target='loss' needs a model that computes a language-modelling loss (a ...ForCausalLM); "
+                "pass a token id or a function of the output instead."
+            )
+        return loss
+    if callable(target):
+        value = target(output)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError("a target function must return a single-number tensor (e.g. output.logits[0, -1, 42]).")
+        return value.reshape(())
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        raise ValueError(
+            f"a token target needs logits but {type(output).__name__} has none; pass a function of the output instead."
+        )
+    last = logits[:, -1, :]
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < last.shape[-1]:
+            raise IndexError(f"token id {target} is out of range: the vocabulary has ids 0..{last.shape[-1] - 1}.")
+        return last[:, target].sum()
+    if target is None and tokens is not None:
+        return last.gather(1, tokens[:, None].to(last.device)).sum()
+    raise TypeError(f"expected the target as 'loss', a token id or a function of the output, got {target!r}.")
+
+
+def _forward_inputs(inputs: dict, target: Target) -> dict:
+    if target == "loss" and "labels" not in inputs:
+        return {**inputs, "labels": inputs["input_ids"]}
+    return inputs
+
+
+@contextmanager
+def _restoring(model: nn.Module, *, requires_grad: bool, eval_mode: bool):
+    """Set every parameter's ``requires_grad``, clear ``.grad``, and put all of it back afterwards."""
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    training = model.training
+    try:
+        if eval_mode:
+            model.eval()
+        for p in params:
+            p.grad = None
+            p.requires_grad_(requires_grad)
+        yield params
+    finally:
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(training)
+
+
+def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mode: bool = True,
+                   parts: ModelParts | None = None) -> GradientNorms:
+    """Norms of ``d target / d parameter`` for every parameter, module and block, from one backward pass.
+
+    ``eval_mode`` runs with dropout off (the model's own flag is restored either way).
+    """
+    adapter = Adapter.of(model, parts)
+    inputs = _forward_inputs(_as_inputs(inputs), target)
+    if target is None:
+        raise ValueError("gradient_norms needs a target: 'loss', a token id or a function of the output.")
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    by_id: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def on_grad(p: torch.Tensor) -> None:
+        by_id[id(p)] = p.grad.detach().float().norm()
+        p.grad = None  # only the norm is kept: the full gradient is freed as soon as it is complete
+
+    with _restoring(model, requires_grad=True, eval_mode=eval_mode) as params:
+        try:
+            for p in params:
+                handles.append(p.register_post_accumulate_grad_hook(on_grad))
+            with torch.enable_grad():
+                value = _value(model(**inputs), target)
+                value.backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+    parameters = {name: by_id[i] for i, ns in names.items() if i in by_id for name in ns}
+    modules = {}
+    for module_name, module in model.named_modules():
+        squares = [by_id[id(p)].square().to(value.device) for p in module.parameters() if id(p) in by_id]
+        if squares:
+            modules[module_name] = torch.stack(squares).sum().sqrt()
+    prefix = {id(m): n for n, m in model.named_modules()}
+    layers = [modules.get(prefix[id(block)], torch.zeros(())) for block in adapter.layers]
+    return GradientNorms(parameters, modules, layers, value.detach())
+
+
+def saliency(model: nn.Module, inputs, target: Target = None, *, method: str = "grad_x_input", steps: int = 32,
+             baseline: torch.Tensor | None = None, progress: bool = True,
+             parts: ModelParts | None = None) -> torch.Tensor:
+    """How much each input token matters to ``target``: one score per token, ``[batch, position]`` float32.
+
+    method: ``"grad_norm"`` (norm of the gradient at the token's embedding), ``"grad_x_input"`` (gradient
+        dotted with the embedding) or ``"integrated_gradients"`` (``steps`` gradients along the straight
+        path from ``baseline``, zeros by default, to the embedding, midpoint rule; the scores then add up
+        to ``target(input) - target(baseline)`` as ``steps`` grows). ``progress`` shows a bar over the steps.
+        With RMSNorm models (Llama family) an all-zero baseline sits next to the norm's jump from 0 to
+        ``x/|x|``, which the steps cannot resolve; pass a small non-zero ``baseline`` there.
+    Parameters are frozen while it runs (cheaper: no weight gradients) and restored afterwards.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}.")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"integrated gradients needs a positive whole number of steps, got {steps!r}.")
+    adapter = Adapter.of(model, parts)
+    embedding = adapter.embedding()
+    if embedding is None:
+        raise ValueError(f"saliency needs the input embedding, which this {adapter.family!r} model's parts do not name.")
+    inputs = _as_inputs(inputs)
+    ids = inputs["input_ids"]
+    rest = {k: v for k, v in _forward_inputs(inputs, target).items() if k != "input_ids"}
+
+    with _restoring(model, requires_grad=False, eval_mode=True):
+        with torch.no_grad():
+            embeds = embedding(ids)
+            tokens = None
+            if target is None:
+                logits = getattr(model(inputs_embeds=embeds, **rest), "logits", None)
+                if logits is None:
+                    raise ValueError(
+                        "the default target is the predicted next token, but this model returns no logits; "
+                        "pass a token id or a function of the output as target."
+                    )
+                tokens = logits[:, -1].argmax(-1)
+
+        def gradient(x: torch.Tensor) -> torch.Tensor:
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(_value(model(inputs_embeds=x, **rest), target, tokens), x)
+            return grad
+
+        if method == "grad_norm":
+            return gradient(embeds).float().norm(dim=-1)
+        if method == "grad_x_input":
+            return (gradient(embeds).float() * embeds.float()).sum(dim=-1)
+        base = torch.zeros_like(embeds) if baseline is None else baseline.to(embeds)
+        total = torch.zeros_like(embeds, dtype=torch.float32)
+        for k in _progress(range(steps), progress, "integrated gradients"):
+            total += gradient(base + (k + 0.5) / steps * (embeds - base)).float()
+        return ((embeds - base).float() * total / steps).sum(dim=-1)
+
+
+def _progress(iterable, show: bool, description: str):
+    if not show:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm comes with transformers, but a bar is not worth failing for
+        return iterable
+    return tqdm(iterable, desc=description, leave=False)
+
