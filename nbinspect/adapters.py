@@ -96,6 +96,22 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
 
 
+def _materialized(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>``, read from accelerate's offload store when the module keeps it on "meta".
+
+    accelerate loads offloaded weights only inside the module's own forward (after torch's pre-hooks
+    and before its post-hooks run), so a hook never sees them; the store holds the real values.
+    """
+    tensor = getattr(module, name, None)
+    if tensor is None or tensor.device.type != "meta":
+        return tensor
+    hook = getattr(module, "_hf_hook", None)
+    store = getattr(hook, "weights_map", None)
+    if store is None:
+        raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no offload store holds it; load the model's weights first.")
+    return store[name].to(hook.execution_device)
+
+
 @dataclass
 class Adapter:
     """A model together with the paths to its parts, resolved to modules."""
@@ -262,10 +278,23 @@ class Adapter:
         module as it is during a forward (offloaded weights are only materialized then).
         """
         module = self.part(layer, "attention_output") if module is None else module
-        weight = module.weight
+        weight = _materialized(module, "weight")
         if type(module).__name__ == "Conv1D":
             weight = weight.t()
-        return weight, getattr(module, "bias", None)
+        return weight, _materialized(module, "bias")
+
+    def is_offloaded(self, layer: int) -> bool:
+        """Whether accelerate keeps this layer's weights off the device between forwards (cpu/disk offload).
+
+        Such weights are swapped back to "meta" after each forward, so anything read from them during the
+        forward must be copied to outlive it.
+        """
+        for module in self.layers[self.check_layer(layer)].modules():
+            hook = getattr(module, "_hf_hook", None)
+            for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+                if getattr(h, "offload", False):
+                    return True
+        return False
 
     def device_of(self, layer: int) -> torch.device:
         """Where the layer computes (layers may sit on different devices under a device_map).

@@ -303,8 +303,7 @@ class capture:
         def on_heads(module, args):
             z = args[0]
             self._watch_gradient("heads", layer, z)
-            weight, bias = adapter.output_projection(layer, module)
-            # References, not copies: an offloaded layer swaps in new tensors, so these stay valid.
+            weight, bias = adapter.output_projection(layer, module)  # references (offloaded: the stored copy)
             store(HeadOutputs(z.detach(), weight.detach(), None if bias is None else bias.detach(), n_heads))
 
         return on_heads

@@ -1,0 +1,117 @@
+"""Where each family keeps its parts, and what happens with a model nbinspect does not know."""
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny
+from torch import nn
+
+from nbinspect import ModelParts, UnsupportedModelError, capture
+from nbinspect.adapters import Adapter
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_resolves(family):
+    model = tiny(family)
+    adapter = Adapter.of(model)
+    assert adapter.family == family
+    assert (adapter.n_layers, adapter.n_heads, adapter.head_dim) == (3, 4, 8)
+    weight, bias = adapter.output_projection(2)
+    assert weight.shape == (32, 32)
+    z = torch.randn(1, 5, 32)
+    projection = adapter.part(2, "attention_output")
+    expected = projection(z)
+    torch.testing.assert_close(z @ weight.t() + (0 if bias is None else bias), expected)
+    assert adapter.device_of(0) == torch.device("cpu")
+    assert adapter.is_causal == (family != "bert")
+    assert isinstance(adapter.attention(0), nn.Module)
+
+
+def test_gpt2_conv1d_weight_is_transposed():
+    model = tiny("gpt2")
+    weight, _ = Adapter.of(model).output_projection(0)
+    assert weight.data_ptr() == model.transformer.h[0].attn.c_proj.weight.data_ptr()
+    assert torch.equal(weight, model.transformer.h[0].attn.c_proj.weight.t())
+
+
+def test_moe_router_layers():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    model = tiny("mixtral")
+    assert Adapter.of(model).router_layers() == [0, 1, 2] and Adapter.of(model).n_experts == 4
+    config = Qwen2MoeConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, mlp_only_layers=[0],
+    )
+    mixed = Qwen2MoeForCausalLM(config).eval()
+    adapter = Adapter.of(mixed)
+    assert adapter.router_layers() == [1, 2]
+    with capture(mixed, router=True) as record, torch.no_grad():
+        mixed(input_ids=torch.randint(0, 128, (1, 5)))
+    assert sorted(record.router) == [1, 2]
+    with pytest.raises(ValueError, match="dense MLP"):
+        capture(mixed, router=[0])
+
+
+def test_layer_and_head_checks():
+    adapter = Adapter.of(tiny("llama"))
+    assert adapter.check_layer(-1) == 2
+    for bad in (3, -4, 1.0, True):
+        with pytest.raises(IndexError, match=r"0\.\.2"):
+            adapter.check_layer(bad)
+    with pytest.raises(IndexError, match=r"0\.\.3"):
+        adapter.check_head(4)
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 8)
+        self.ff = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        x = x + self.out(self.mix(x))
+        return x + self.ff(x)
+
+
+class _Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_unknown_model_names_what_is_missing_and_how_to_fix_it():
+    with pytest.raises(UnsupportedModelError, match=r"ModelParts"):
+        Adapter.of(_Custom())
+    with pytest.raises(UnsupportedModelError, match="Module"):
+        Adapter.of("gpt2")
+    parts = ModelParts(layers="blocks", attention="mix", attention_output="out", mlp="ff", neurons="ff.0")
+    with pytest.raises(UnsupportedModelError, match=r"neurons \('ff\.0'\)|could not find"):
+        Adapter.of(_Custom(), ModelParts(layers="blocks", attention="mix", attention_output="nope", mlp="ff", neurons="ff.9"))
+    with pytest.raises(UnsupportedModelError, match="layer list 'layers'"):
+        Adapter.of(_Custom(), ModelParts(layers="layers", attention="mix", attention_output="out", mlp="ff", neurons=None))
+    assert Adapter.of(_Custom(), parts).n_layers == 2
+
+
+def test_custom_parts_capture_residual_and_neurons():
+    model = _Custom().eval()
+    parts = ModelParts(layers="blocks", attention="mix", attention_output="out", mlp="ff", neurons="ff.2")
+    with capture(model, residual=True, neurons=[1], parts=parts) as record, torch.no_grad():
+        y = model(torch.randn(1, 3, 8))
+    assert torch.equal(record.residual[1].after, y)
+    assert record.neurons[1].shape == (1, 3, 16)
+
+
+def test_tied_embeddings():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    assert Adapter.of(LlamaForCausalLM(config)).tied_embeddings()
+    assert not Adapter.of(tiny("gpt_neox")).tied_embeddings()

@@ -1,0 +1,54 @@
+"""Models dispatched by accelerate's ``device_map``: some layers on the CPU, others offloaded to disk."""
+
+import pytest
+import torch
+from tiny_models import tiny
+
+from nbinspect import capture
+from nbinspect.adapters import Adapter
+
+KINDS = dict(attention=True, heads=True, neurons=True, residual=True)
+
+
+@pytest.fixture(scope="module")
+def dispatched(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    reference = tiny("llama")
+    reference.save_pretrained(folder)
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=device_map, offload_folder=folder / "offload")
+    model.eval()
+    return model, reference
+
+
+def test_offloaded_layers_are_captured_where_they_run(dispatched):
+    model, reference = dispatched
+    adapter = Adapter.of(model)
+    assert adapter.is_offloaded(1) and not adapter.is_offloaded(0)
+    assert next(adapter.layers[1].parameters()).device.type == "meta"
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    with capture(model, **KINDS) as record, torch.no_grad():
+        model(input_ids=ids)
+    with capture(reference, **KINDS) as expected, torch.no_grad():
+        reference(input_ids=ids)
+    for i in range(adapter.n_layers):
+        device = adapter.device_of(i)
+        for value in (record.attention[i], record.neurons[i], record.heads[i].z, *record.residual[i]):
+            assert value.device == device
+        torch.testing.assert_close(record.attention[i], expected.attention[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(record.neurons[i], expected.neurons[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(record.residual[i].after, expected.residual[i].after, rtol=0, atol=1e-6)
+        # Offloaded weights are back on "meta" by now; the writes come from accelerate's store.
+        torch.testing.assert_close(record.heads[i].writes(), expected.heads[i].writes(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(record.logits, expected.logits, rtol=0, atol=1e-6)
+    assert next(adapter.layers[1].parameters()).device.type == "meta"
