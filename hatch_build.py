@@ -7,7 +7,7 @@ from pathlib import Path
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 ROOT = Path(__file__).parent
-BUNDLE = ROOT / "nbinspect" / "static" / "attention.js"
+BUNDLE = ROOT / "nbinspect" / "static" / "attention_view.js"
 
 
 class CustomBuildHook(BuildHookInterface):

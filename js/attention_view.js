@@ -1,0 +1,332 @@
+// AttentionView: layers × heads thumbnails (left) and the focused head as a token × token heatmap.
+// Pairs with nbinspect/views/attention_view.py. Canvas only; token text via fillText/textContent.
+import { bytesOf, dequantize, float32sOf } from "./codecs.js";
+import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
+
+const FOCUS_PX = 480; // side of the focused heatmap
+const LABEL_PX = 84; // room for token labels left of and above the heatmap
+const GAP = 2;
+const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
+const HOVER_SAVE_MS = 100; // hover is throttled before it reaches Python
+
+const CSS = `
+.nbi-attn { font: ${FONT}; color: #222; display: inline-block; position: relative; outline: none; }
+.nbi-attn:focus-visible { box-shadow: 0 0 0 2px #6aa0d8; }
+.nbi-attn .nbi-head { display: flex; gap: 12px; align-items: baseline; margin: 0 0 6px 2px; font-size: 12px; }
+.nbi-attn .nbi-title { font-weight: 600; }
+.nbi-attn .nbi-hint { color: #777; }
+.nbi-attn .nbi-busy { color: #b35c00; visibility: hidden; }
+.nbi-attn.is-busy .nbi-busy { visibility: visible; }
+.nbi-attn .nbi-body { display: flex; gap: 18px; align-items: flex-start; }
+.nbi-attn canvas { display: block; cursor: crosshair; }
+.nbi-attn .nbi-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96); border: 1px solid #bbb;
+  border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; box-shadow: 0 1px 4px rgba(0,0,0,.15); }
+`;
+
+function el(tag, cls, parent) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+function render({ model, el: host }) {
+  const root = el("div", "nbi-attn", host);
+  root.tabIndex = 0;
+  // JupyterLab skips its own keyboard shortcuts inside elements marked like this (arrow keys are ours).
+  root.dataset.lmSuppressShortcuts = "true";
+  el("style", null, root).textContent = CSS;
+  const head = el("div", "nbi-head", root);
+  const title = el("span", "nbi-title", head);
+  const legend = el("span", "nbi-hint", head);
+  const busy = el("span", "nbi-busy", head);
+  busy.textContent = "recomputing…";
+  const body = el("div", "nbi-body", root);
+  const grid = el("canvas", "nbi-grid", body);
+  const focus = el("canvas", "nbi-focus", body);
+  const tip = el("div", "nbi-tip", root);
+
+  let hover = null; // {i, j} cell under the pointer in the focus map
+  let thumbImage = null;
+  let focusImage = null;
+  let frame = 0;
+  let lastSaved = 0;
+  let pendingToken = null;
+
+  const get = (k) => model.get(k);
+  const layout = () => {
+    const L = get("n_layers");
+    const H = get("n_heads");
+    const T = Math.max(10, Math.min(36, Math.floor(560 / Math.max(L, 1)) - GAP));
+    return { L, H, T, left: 30, top: 16 };
+  };
+
+  function rebuildThumbs() {
+    const c = get("thumbnail_cells");
+    const L = get("n_layers");
+    const H = get("n_heads");
+    const bytes = bytesOf(get("thumbnails"));
+    // One image, all maps stacked vertically: layer-major, head-minor, c rows each.
+    thumbImage = c > 0 && bytes.length === L * H * c * c ? mapImage(bytes, c, L * H * c) : null;
+  }
+
+  function rebuildFocus() {
+    const f = get("focus_cells");
+    const bytes = bytesOf(get("focus"));
+    focusImage = f > 0 && bytes.length === f * f ? mapImage(bytes, f, f) : null;
+  }
+
+  function focusReady() {
+    const of = get("focus_of");
+    return focusImage && of[0] === get("layer") && of[1] === get("head");
+  }
+
+  function drawGrid() {
+    const { L, H, T, left, top } = layout();
+    const ctx = sizeCanvas(grid, left + H * (T + GAP), top + L * (T + GAP));
+    // Where thumbnail (l, h) sits, for automation (tests click thumbnails through it).
+    Object.assign(grid.dataset, { left, top, step: T + GAP, size: T });
+    ctx.font = FONT;
+    ctx.fillStyle = "#666";
+    ctx.textBaseline = "middle";
+    ctx.textAlign = "center";
+    for (let h = 0; h < H; h++) if (T >= 14 || h % 2 === 0) ctx.fillText(`h${h}`, left + h * (T + GAP) + T / 2, top / 2);
+    ctx.textAlign = "right";
+    const c = get("thumbnail_cells");
+    for (let l = 0; l < L; l++) {
+      const y = top + l * (T + GAP);
+      if (T >= 14 || l % 2 === 0) ctx.fillText(`L${l}`, left - 4, y + T / 2);
+      for (let h = 0; h < H; h++) {
+        const x = left + h * (T + GAP);
+        if (thumbImage) ctx.drawImage(thumbImage, 0, (l * H + h) * c, c, c, x, y, T, T);
+        else {
+          ctx.fillStyle = "#eee";
+          ctx.fillRect(x, y, T, T);
+          ctx.fillStyle = "#666";
+        }
+      }
+    }
+    const x = left + get("head") * (T + GAP);
+    const y = top + get("layer") * (T + GAP);
+    ctx.strokeStyle = "#d62728";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(x - 1, y - 1, T + 2, T + 2);
+  }
+
+  function focusGeometry() {
+    const f = focusReady() ? get("focus_cells") : get("thumbnail_cells");
+    const n = get("tokens").length;
+    const block = focusReady() ? get("focus_block") : get("thumbnail_block");
+    const cell = FOCUS_PX / Math.max(f, 1);
+    const labels = cell >= 9; // enough room to write every token
+    return { f, n, block, cell, labels, ox: LABEL_PX, oy: LABEL_PX };
+  }
+
+  function drawFocus() {
+    const g = focusGeometry();
+    const ctx = sizeCanvas(focus, g.ox + FOCUS_PX + 8, g.oy + FOCUS_PX + 8);
+    ctx.font = FONT;
+    if (focusReady()) ctx.drawImage(focusImage, g.ox, g.oy, FOCUS_PX, FOCUS_PX);
+    else if (thumbImage) {
+      // While the full map is on its way, show the thumbnail blown up (same pattern, coarser).
+      const c = get("thumbnail_cells");
+      const idx = get("layer") * get("n_heads") + get("head");
+      ctx.drawImage(thumbImage, 0, idx * c, c, c, g.ox, g.oy, FOCUS_PX, FOCUS_PX);
+    }
+    ctx.strokeStyle = "#999";
+    ctx.lineWidth = 1;
+    ctx.strokeRect(g.ox - 0.5, g.oy - 0.5, FOCUS_PX + 1, FOCUS_PX + 1);
+
+    const tokens = get("tokens");
+    const t = get("token");
+    const mark = (i, color) => {
+      const k = Math.floor(i / g.block);
+      ctx.fillStyle = color;
+      ctx.fillRect(g.ox, g.oy + k * g.cell, FOCUS_PX, g.cell); // row: token i attending
+      ctx.fillRect(g.ox + k * g.cell, g.oy, g.cell, FOCUS_PX); // column: token i attended to
+    };
+    if (t >= 0 && t < tokens.length) mark(t, "rgba(255, 165, 0, 0.22)");
+    if (hover) {
+      ctx.strokeStyle = "#d62728";
+      ctx.strokeRect(g.ox + hover.j * g.cell, g.oy + hover.i * g.cell, g.cell, g.cell);
+    }
+    // Token labels: queries down the left (rows), keys along the top (columns).
+    ctx.textBaseline = "middle";
+    const drawLabel = (i, highlighted) => {
+      const k = Math.floor(i / g.block);
+      const text = fitText(ctx, tokens[i], LABEL_PX - 8);
+      ctx.fillStyle = highlighted ? "#b35c00" : "#333";
+      ctx.textAlign = "right";
+      ctx.fillText(text, g.ox - 4, g.oy + (k + 0.5) * g.cell);
+      ctx.save();
+      ctx.translate(g.ox + (k + 0.5) * g.cell, g.oy - 4);
+      ctx.rotate(-Math.PI / 2);
+      ctx.textAlign = "left";
+      ctx.fillText(text, 0, 0);
+      ctx.restore();
+    };
+    if (g.labels) tokens.forEach((_, i) => drawLabel(i, i === t));
+    else if (t >= 0 && t < tokens.length) drawLabel(t, true);
+  }
+
+  function draw() {
+    frame = 0;
+    const L = get("layer");
+    const H = get("head");
+    title.textContent = `Layer ${L} · Head ${H}`;
+    const s = get("focus_scale");
+    legend.textContent = focusReady()
+      ? `shade ∝ √(weight ÷ ${s.toPrecision(3)}) · rows attend to columns · click a thumbnail, ←/→ head, ↑/↓ layer`
+      : "loading the full map…";
+    root.classList.toggle("is-busy", get("busy"));
+    drawGrid();
+    drawFocus();
+    root.dataset.layer = String(L);
+    root.dataset.head = String(H);
+    if (focusReady() && root.dataset.painted !== `${L},${H}`) {
+      root.dataset.painted = `${L},${H}`;
+      model.set("painted", get("painted") + 1);
+      model.save_changes();
+    }
+  }
+  const schedule = () => {
+    if (!frame) frame = requestAnimationFrame(draw);
+  };
+
+  function setFocus(layer, headIdx) {
+    const L = get("n_layers");
+    const H = get("n_heads");
+    const l = Math.max(0, Math.min(L - 1, layer));
+    const h = Math.max(0, Math.min(H - 1, headIdx));
+    if (l === get("layer") && h === get("head")) return;
+    model.set("layer", l);
+    model.set("head", h);
+    model.save_changes();
+    schedule();
+  }
+
+  function setToken(i) {
+    if (i === get("token")) return;
+    model.set("token", i);
+    schedule();
+    // Hover moves fast; tell Python at most every HOVER_SAVE_MS.
+    const now = performance.now();
+    if (now - lastSaved >= HOVER_SAVE_MS) {
+      lastSaved = now;
+      model.save_changes();
+    } else if (!pendingToken) {
+      pendingToken = setTimeout(() => {
+        pendingToken = null;
+        lastSaved = performance.now();
+        model.save_changes();
+      }, HOVER_SAVE_MS);
+    }
+  }
+
+  function showTip(evt, text) {
+    tip.textContent = text; // untrusted token text: textContent never parses HTML
+    tip.style.display = "block";
+    const box = root.getBoundingClientRect();
+    tip.style.left = `${evt.clientX - box.left + 14}px`;
+    tip.style.top = `${evt.clientY - box.top + 14}px`;
+  }
+  const hideTip = () => (tip.style.display = "none");
+
+  const q = (s) => JSON.stringify(s); // shows quotes and escapes, so spaces and newlines are visible
+
+  grid.addEventListener("click", (evt) => {
+    const { L, H, T, left, top } = layout();
+    const r = grid.getBoundingClientRect();
+    const h = Math.floor((evt.clientX - r.left - left) / (T + GAP));
+    const l = Math.floor((evt.clientY - r.top - top) / (T + GAP));
+    if (h >= 0 && h < H && l >= 0 && l < L) setFocus(l, h);
+    root.focus();
+  });
+  grid.addEventListener("mousemove", (evt) => {
+    const { L, H, T, left, top } = layout();
+    const r = grid.getBoundingClientRect();
+    const h = Math.floor((evt.clientX - r.left - left) / (T + GAP));
+    const l = Math.floor((evt.clientY - r.top - top) / (T + GAP));
+    if (h >= 0 && h < H && l >= 0 && l < L) {
+      const scale = float32sOf(get("thumbnail_scales"))[l * H + h];
+      showTip(evt, `layer ${l}, head ${h}\nlargest weight ${scale === undefined ? "?" : scale.toFixed(3)}\nclick to focus`);
+    } else hideTip();
+  });
+  grid.addEventListener("mouseleave", hideTip);
+
+  focus.addEventListener("mousemove", (evt) => {
+    const g = focusGeometry();
+    const r = focus.getBoundingClientRect();
+    const x = evt.clientX - r.left - g.ox;
+    const y = evt.clientY - r.top - g.oy;
+    const tokens = get("tokens");
+    const inside = (v) => v >= 0 && v < FOCUS_PX;
+    if (inside(x) && inside(y)) {
+      const cell = { i: Math.floor(y / g.cell), j: Math.floor(x / g.cell) };
+      hover = cell;
+      const qi = Math.min(cell.i * g.block, tokens.length - 1);
+      const kj = Math.min(cell.j * g.block, tokens.length - 1);
+      let weight = "";
+      if (focusReady()) {
+        const v = dequantize(bytesOf(get("focus"))[cell.i * g.f + cell.j], get("focus_scale"));
+        weight = `${g.block > 1 ? "largest weight in block" : "weight"} ${v.toFixed(4)}`;
+      }
+      const span = (a) => (g.block > 1 ? ` (tokens ${a}–${Math.min(a + g.block, tokens.length) - 1})` : "");
+      showTip(evt, `from ${q(tokens[qi])} #${qi}${span(qi)}\nto   ${q(tokens[kj])} #${kj}${span(kj)}\n${weight}`);
+      schedule();
+    } else if (x < 0 && inside(y)) {
+      setToken(Math.min(Math.floor(y / g.cell) * g.block, tokens.length - 1));
+      hover = null;
+      hideTip();
+    } else if (y < 0 && inside(x)) {
+      setToken(Math.min(Math.floor(x / g.cell) * g.block, tokens.length - 1));
+      hover = null;
+      hideTip();
+    } else {
+      hover = null;
+      hideTip();
+      schedule();
+    }
+  });
+  focus.addEventListener("mouseleave", () => {
+    hover = null;
+    hideTip();
+    setToken(-1);
+  });
+
+  root.addEventListener("keydown", (evt) => {
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    const m = moves[evt.key];
+    if (!m) return;
+    evt.preventDefault();
+    evt.stopPropagation(); // the notebook would otherwise move between cells
+    setFocus(get("layer") + m[0], get("head") + m[1]);
+  });
+
+  const onThumbs = () => {
+    rebuildThumbs();
+    schedule();
+  };
+  const onFocus = () => {
+    rebuildFocus();
+    schedule();
+  };
+  model.on("change:thumbnails", onThumbs);
+  model.on("change:focus", onFocus);
+  model.on("change:focus_of", schedule);
+  for (const k of ["layer", "head", "token", "busy", "tokens"]) model.on(`change:${k}`, schedule);
+  rebuildThumbs();
+  rebuildFocus();
+  draw();
+
+  return () => {
+    if (frame) cancelAnimationFrame(frame);
+    if (pendingToken) clearTimeout(pendingToken);
+    model.off("change:thumbnails", onThumbs);
+    model.off("change:focus", onFocus);
+    model.off("change:focus_of", schedule);
+    for (const k of ["layer", "head", "token", "busy", "tokens"]) model.off(`change:${k}`, schedule);
+  };
+}
+
+export default { render };

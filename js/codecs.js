@@ -1,0 +1,22 @@
+// Bytes from Python → typed arrays. Mirrors nbinspect/codecs.py function by function.
+// Binary traits arrive as DataView (anywidget); nothing here parses JSON numbers.
+
+/** @param {DataView | ArrayBuffer | Uint8Array | null | undefined} v */
+export function bytesOf(v) {
+  if (!v) return new Uint8Array(0);
+  if (v instanceof Uint8Array) return v;
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** Little-endian float32 values (codecs.float32_bytes). Copies when the buffer is unaligned. */
+export function float32sOf(v) {
+  const b = bytesOf(v);
+  if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.byteLength >> 2);
+  return new Float32Array(b.slice().buffer);
+}
+
+/** Inverse of codecs.quantize: a uint8 cell of a map whose largest value is `scale`. */
+export function dequantize(q, scale) {
+  return (q * scale) / 255;
+}

@@ -1,0 +1,84 @@
+"""Tensors → bytes for the browser, and every size limit nbinspect puts on what it sends.
+
+Nothing here sends JSON numbers: maps travel as uint8 bytes (one byte per cell), with one float32
+scale per map, at no more cells than the screen draws. ``js/codecs.js`` mirrors these functions.
+
+Quantization error bound: a map with values in ``[0, scale]`` is stored as ``round(v / scale * 255)``
+and decoded as ``q * scale / 255``, so every decoded value is within ``scale / 510`` of the true value.
+For attention (``scale`` = the map's largest weight, at most 1) that is at most 0.00196.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# --- size limits (the only place they are set) -------------------------------------------------
+#: Side, in cells, of each layer×head thumbnail. The grid draws thumbnails at ~20–40 px, so 32
+#: cells is already finer than a screen shows; 30 layers × 9 heads × 32² = 276 KB for SmolLM2.
+THUMBNAIL_CELLS = 32
+#: The focused head is sent at full resolution (one cell per token pair) up to this many tokens per
+#: side; longer texts are block-max downsampled to this side. 1024² = 1 MiB, about the pixels
+#: of the heatmap on a large screen.
+FOCUS_MAX_CELLS = 1024
+#: Quantized attention maps of all layers are kept on the model's device (for instant refocusing)
+#: while they fit in this budget; past it only the focused layer is kept and others are recomputed
+#: on demand. SmolLM2 at 1024 tokens needs 283 MiB.
+PATTERN_CACHE_MAX_BYTES = 512 * 2**20
+#: Token strings sent to label axes are cut to this many characters (a token is rarely longer;
+#: a hostile one could be megabytes).
+MAX_TOKEN_CHARS = 64
+#: Browser → kernel messages over 10 MB are dropped by the Jupyter server; we never send more than
+#: small selection messages that way, and check payloads against this in tests.
+MAX_BROWSER_MESSAGE_BYTES = 10 * 2**20
+
+
+def pool_max(maps: torch.Tensor, cells: int) -> tuple[torch.Tensor, int]:
+    """Block-max pool the last two dims of ``maps`` [..., q, k] to at most ``cells`` per side.
+
+    Max, not mean: attention rows sum to one, so averaging a long row washes a sharp pattern
+    (a diagonal, a single attended token) into noise, while the block maximum keeps it visible.
+    Returns the pooled maps and the block size (tokens per cell).
+    """
+    q, k = maps.shape[-2:]
+    block = max(1, math.ceil(max(q, k) / cells))
+    if block == 1:
+        return maps, 1
+    lead = maps.shape[:-2]
+    x = maps.reshape(-1, 1, q, k)
+    # ceil_mode keeps the ragged last block instead of dropping the last tokens.
+    x = torch.nn.functional.max_pool2d(x, kernel_size=block, stride=block, ceil_mode=True)
+    return x.reshape(*lead, *x.shape[-2:]), block
+
+
+def quantize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 maps with one scale per map (the map's max), on the maps' device.
+
+    ``maps`` [..., a, b] non-negative; returns (uint8 [..., a, b], float32 scales [...]).
+    """
+    scale = maps.amax(dim=(-2, -1)).float()
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(maps.float() / safe[..., None, None] * 255.0).clamp_(0, 255).to(torch.uint8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor | np.ndarray, scale) -> torch.Tensor:
+    """Inverse of :func:`quantize` (what the browser computes), for tests and tooltips."""
+    q = torch.as_tensor(q).float()
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return q * (scale[..., None, None] / 255.0)
+
+
+def to_bytes(t: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a tensor, copied to the host (the only device→host copy we make)."""
+    return t.detach().contiguous().cpu().numpy().tobytes()
+
+
+def float32_bytes(t: torch.Tensor) -> bytes:
+    return to_bytes(t.float())
+
+
+def clip_tokens(tokens: list[str]) -> list[str]:
+    return [t if len(t) <= MAX_TOKEN_CHARS else t[: MAX_TOKEN_CHARS - 1] + "…" for t in tokens]

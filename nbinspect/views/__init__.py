@@ -1,0 +1,1 @@
+"""Widgets: one Python class per view, each paired with ``js/<same name>.js``."""

@@ -1,0 +1,137 @@
+"""AttentionView: every layer × head as thumbnails, plus one focused head as a token × token heatmap.
+
+Python keeps the maps (on the model's device, see :mod:`.attention_maps`) and sends bytes only for
+what is on screen: all thumbnails once, and the focused head's map whenever the focus moves.
+The focus (``layer``, ``head``) and the hovered ``token`` are two-way traits.
+"""
+
+from __future__ import annotations
+
+import anywidget
+import torch
+import traitlets
+
+from .. import codecs
+from ..adapters import Adapter, ModelParts
+from ..inputs import encode, token_strings
+from ._bundle import bundle
+from .attention_maps import AttentionMaps
+
+
+class AttentionView(anywidget.AnyWidget):
+    _esm = bundle("attention_view")
+
+    #: Token texts, drawn as text on a canvas (never parsed as HTML).
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(0).tag(sync=True)
+    n_heads = traitlets.Int(0).tag(sync=True)
+    #: Focused layer and head (two-way: clicks and arrow keys in the browser set them).
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    #: Token under the pointer (-1: none); its row and column are highlighted.
+    token = traitlets.Int(-1).tag(sync=True)
+    #: uint8 [layers, heads, c, c] thumbnails and their float32 [layers, heads] scales.
+    thumbnails = traitlets.Bytes(b"").tag(sync=True)
+    thumbnail_scales = traitlets.Bytes(b"").tag(sync=True)
+    thumbnail_cells = traitlets.Int(0).tag(sync=True)
+    thumbnail_block = traitlets.Int(1).tag(sync=True)
+    #: uint8 [f, f] map of the focused head, its scale, tokens per cell, and which [layer, head] it is.
+    focus = traitlets.Bytes(b"").tag(sync=True)
+    focus_scale = traitlets.Float(0.0).tag(sync=True)
+    focus_cells = traitlets.Int(0).tag(sync=True)
+    focus_block = traitlets.Int(1).tag(sync=True)
+    focus_of = traitlets.List(traitlets.Int(), default_value=[-1, -1]).tag(sync=True)
+    #: True while the model recomputes (e.g. after a perturbation slider moved).
+    busy = traitlets.Bool(False).tag(sync=True)
+    #: Set by the browser once the view has painted (used by tests and benchmarks).
+    painted = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, maps: AttentionMaps, tokens: list[str], layer: int = 0, head: int = 0, **kwargs):
+        self._maps = maps
+        adapter = maps.adapter
+        super().__init__(
+            tokens=codecs.clip_tokens(tokens),
+            n_layers=adapter.n_layers,
+            n_heads=adapter.n_heads,
+            layer=adapter.check_layer(layer),
+            head=adapter.check_head(head),
+            **kwargs,
+        )
+        self._send_thumbnails()
+        self._send_focus()
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal):
+        try:
+            return self._maps.adapter.check_layer(proposal["value"])
+        except IndexError as e:
+            raise traitlets.TraitError(str(e)) from None
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal):
+        try:
+            return self._maps.adapter.check_head(proposal["value"])
+        except IndexError as e:
+            raise traitlets.TraitError(str(e)) from None
+
+    @traitlets.validate("token")
+    def _valid_token(self, proposal):
+        value = proposal["value"]
+        if not -1 <= value < len(self.tokens):
+            raise traitlets.TraitError(f"token {value} is out of range: the text has tokens 0..{len(self.tokens) - 1} (-1 for none).")
+        return value
+
+    @traitlets.observe("layer", "head")
+    def _focus_moved(self, change):
+        self._send_focus()
+
+    def _send_thumbnails(self) -> None:
+        thumbs, scales, block = self._maps.thumbnails()
+        with self.hold_sync():
+            self.thumbnail_cells = int(thumbs.shape[-1])
+            self.thumbnail_block = block
+            self.thumbnail_scales = codecs.float32_bytes(scales)
+            self.thumbnails = codecs.to_bytes(thumbs)
+
+    def _send_focus(self) -> None:
+        layer, head = self.layer, self.head
+        maps = self._maps.full(layer)
+        with self.hold_sync():
+            self.focus_cells = int(maps.full.shape[-1])
+            self.focus_block = maps.full_block
+            self.focus_scale = float(maps.full_scales[head])
+            self.focus = codecs.to_bytes(maps.full[head])
+            self.focus_of = [layer, head]
+
+    # --- for Python callers -------------------------------------------------------------------
+    def weights(self, layer: int | None = None, head: int | None = None) -> torch.Tensor:
+        """The focused (or given) head's map as the browser decodes it: float32 [f, f] on the host."""
+        layer = self.layer if layer is None else self._maps.adapter.check_layer(layer)
+        head = self.head if head is None else self._maps.adapter.check_head(head)
+        maps = self._maps.full(layer)
+        return codecs.dequantize(maps.full[head].cpu(), maps.full_scales[head].cpu())
+
+    def set_attention(self, attention: dict[int, torch.Tensor]) -> None:
+        """Show new weights for some layers (float32 [batch, heads, q, k] each), e.g. after a recompute."""
+        self._maps.update(attention, focus_layer=self.layer)
+        self._send_thumbnails()
+        if self.layer in attention:
+            self._send_focus()
+
+    def payload_bytes(self) -> int:
+        """Bytes this view has sent to the browser for its current state (binary traits and token text)."""
+        binary = len(self.thumbnails) + len(self.thumbnail_scales) + len(self.focus)
+        return binary + sum(len(t.encode()) + 3 for t in self.tokens)
+
+
+def attention(model, tokenizer, text: str, *, layer: int = 0, head: int = 0, parts: ModelParts | None = None) -> AttentionView:
+    """Run ``text`` through ``model`` and show its attention patterns.
+
+    Works on the model's current attention implementation (sdpa included) and leaves it unchanged.
+    Raises ``ValueError`` for empty or over-long text and ``TypeError`` for a model nbinspect cannot
+    find its way around.
+    """
+    adapter = Adapter.of(model, parts)
+    inputs = encode(tokenizer, text, adapter)
+    maps = AttentionMaps(adapter, inputs, focus_layer=adapter.check_layer(layer))
+    return AttentionView(maps, token_strings(tokenizer, inputs["input_ids"]), layer=layer, head=head)
