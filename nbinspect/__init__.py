@@ -4,7 +4,10 @@ from .adapters import ModelParts, UnsupportedModelError
 from .capture import HeadOutputs, Record, Request, Residual, Routing, capture, run
 from .gradients import GradientNorms, gradient_norms, saliency
 from .loading import load
+from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
+from .recompute import Recompute
 from .views.attention_view import AttentionView, attention
+from .views.perturb_panel import PerturbPanel, PredictionView, sliders
 
 __all__ = [
     "AttentionView",
@@ -22,5 +25,18 @@ __all__ = [
     "load",
     "run",
     "saliency",
+    "AblateHead",
+    "AblateNeuron",
+    "AddNoise",
+    "Edit",
+    "EditError",
+    "PerturbPanel",
+    "PredictionView",
+    "Recompute",
+    "ScaleHead",
+    "ScaleLayer",
+    "ScaleNeuron",
+    "perturb",
+    "sliders",
 ]
 __version__ = "0.1.0"
