@@ -66,7 +66,7 @@ test-fast: install
 	$(PY) -m pytest -q -ra -m "not browser and not real_model" tests
 
 bench: install browser
-	@for f in bench/*.py; do $(PY) $$f || exit 1; done
+	@for f in bench/[!_]*.py; do echo "# $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(STAMPS) nbinspect/static build dist

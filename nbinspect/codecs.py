@@ -66,8 +66,10 @@ def quantize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize(q: torch.Tensor | np.ndarray, scale) -> torch.Tensor:
     """Inverse of :func:`quantize` (what the browser computes), for tests and tooltips."""
-    q = torch.as_tensor(q).float()
-    scale = torch.as_tensor(scale, dtype=torch.float32)
+    def as_float(x):  # bytes read back from a trait are read-only numpy views: copy them
+        return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))
+
+    q, scale = as_float(q), as_float(scale)
     return q * (scale[..., None, None] / 255.0)
 
 

@@ -1,0 +1,149 @@
+"""AttentionView on tiny random models: what it shows equals eager attention, within the stated bound."""
+
+import numpy as np
+import pytest
+import torch
+import traitlets
+
+import nbinspect
+from nbinspect import codecs
+from tiny_models import DENSE, FAMILIES, CharTokenizer, tiny
+
+TEXT = "the cat sat on the mat"
+
+
+def eager_attentions(model, ids):
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(impl)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shown_weights_equal_eager_within_quantization_bound(family):
+    model = tiny(family)
+    before = model.config._attn_implementation
+    view = nbinspect.attention(model, CharTokenizer(), TEXT)
+    assert model.config._attn_implementation == before
+    ref = eager_attentions(model, CharTokenizer()(TEXT)["input_ids"])
+    for layer in range(view.n_layers):
+        for head in range(view.n_heads):
+            expected = ref[layer][0, head]
+            bound = float(expected.max()) / 510 + 1e-6
+            shown = view.weights(layer, head)
+            assert (shown - expected).abs().max() <= bound
+
+
+def test_focus_bytes_decode_to_the_shown_weights():
+    view = nbinspect.attention(tiny("gpt2"), CharTokenizer(), TEXT, layer=1, head=2)
+    f = view.focus_cells
+    q = np.frombuffer(view.focus, dtype=np.uint8).reshape(f, f)
+    assert torch.equal(codecs.dequantize(q, view.focus_scale), view.weights(1, 2))
+    assert view.focus_of == [1, 2]
+    view.layer, view.head = 2, 3  # moving the focus re-sends the focused map, and only that
+    assert view.focus_of == [2, 3]
+    q = np.frombuffer(view.focus, dtype=np.uint8).reshape(f, f)
+    assert torch.equal(codecs.dequantize(q, view.focus_scale), view.weights(2, 3))
+
+
+def test_thumbnails_are_block_maxima_of_the_weights():
+    text = "x" * 100  # 100 tokens → blocks of 4 tokens per thumbnail cell
+    model = tiny("llama")
+    view = nbinspect.attention(model, CharTokenizer(), text)
+    ref = eager_attentions(model, CharTokenizer()(text)["input_ids"])
+    c, L, H = view.thumbnail_cells, view.n_layers, view.n_heads
+    assert view.thumbnail_block == 4 and c == 25  # ceil(100 / 32) tokens per cell
+    thumbs = np.frombuffer(view.thumbnails, dtype=np.uint8).reshape(L, H, c, c)
+    scales = np.frombuffer(view.thumbnail_scales, dtype=np.float32).reshape(L, H)
+    for layer in range(L):
+        pooled = torch.nn.functional.max_pool2d(ref[layer][0][:, None], 4, 4, ceil_mode=True)[:, 0]
+        shown = codecs.dequantize(thumbs[layer], scales[layer])
+        assert (shown - pooled).abs().max() <= float(pooled.max()) / 510 + 1e-6
+
+
+def test_transport_is_bytes_only():
+    view = nbinspect.attention(tiny("bert"), CharTokenizer(), TEXT)
+    state = view.get_state()
+    for name, value in state.items():
+        if isinstance(value, list):  # only token strings and small integer pairs travel as JSON
+            assert all(isinstance(v, (str, int)) and not isinstance(v, float) for v in value), name
+    assert isinstance(state["thumbnails"], (bytes, memoryview)) and isinstance(state["focus"], (bytes, memoryview))
+    assert view.payload_bytes() < codecs.MAX_BROWSER_MESSAGE_BYTES
+
+
+def test_over_budget_recomputes_the_focused_layer_and_keeps_only_it(monkeypatch):
+    model = tiny("qwen2")
+    full = nbinspect.attention(model, CharTokenizer(), TEXT)
+    monkeypatch.setattr(codecs, "PATTERN_CACHE_MAX_BYTES", 1)
+    lean = nbinspect.attention(model, CharTokenizer(), TEXT, layer=1)
+    kept = [i for i, m in lean._maps.layers.items() if m.full is not None]
+    assert kept == [1]
+    lean.layer = 2
+    assert torch.equal(lean.weights(2, 3), full.weights(2, 3))
+    assert [i for i, m in lean._maps.layers.items() if m.full is not None] == [2]
+
+
+def test_set_attention_repaints_changed_layers():
+    model = tiny("llama")
+    view = nbinspect.attention(model, CharTokenizer(), TEXT, layer=1)
+    before_thumbs, before_focus = view.thumbnails, view.focus
+    n = len(view.tokens)
+    uniform = torch.tril(torch.ones(n, n))
+    uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None].expand(1, view.n_heads, n, n)
+    view.set_attention({1: uniform})
+    assert view.thumbnails != before_thumbs and view.focus != before_focus
+    assert (view.weights(1, 0) - uniform[0, 0]).abs().max() <= 1 / 510 + 1e-6
+
+
+@pytest.mark.parametrize("family", DENSE)
+def test_model_left_as_it_was(family):
+    model = tiny(family)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    nbinspect.attention(model, CharTokenizer(), TEXT)
+    assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    assert model.config._attn_implementation == "sdpa" and not model.training
+
+
+def test_works_on_an_eager_model_too():
+    model = tiny("llama")
+    model.set_attn_implementation("eager")
+    view = nbinspect.attention(model, CharTokenizer(), TEXT)
+    ref = eager_attentions(model, CharTokenizer()(TEXT)["input_ids"])
+    assert (view.weights(2, 1) - ref[2][0, 1]).abs().max() <= 1 / 510 + 1e-6
+    assert model.config._attn_implementation == "eager"
+
+
+def test_bad_input_gets_a_clear_error():
+    model = tiny("gpt2")
+    with pytest.raises(ValueError, match="empty"):
+        nbinspect.attention(model, CharTokenizer(), "   ")
+    with pytest.raises(ValueError, match="at most 256"):
+        nbinspect.attention(model, CharTokenizer(), "y" * 300)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        nbinspect.attention("gpt2", CharTokenizer(), TEXT)
+    with pytest.raises(TypeError, match="supported families"):
+        nbinspect.attention(torch.nn.Linear(2, 2), CharTokenizer(), TEXT)
+    with pytest.raises(IndexError, match="layers 0..2"):
+        nbinspect.attention(model, CharTokenizer(), TEXT, layer=3)
+    view = nbinspect.attention(model, CharTokenizer(), TEXT)
+    with pytest.raises(traitlets.TraitError, match="heads 0..3"):
+        view.head = 4
+    assert view.head == 0  # a refused value loses nothing
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("fixture", ["smollm2", "minilm"])
+def test_real_models(fixture, request):
+    model, tokenizer = request.getfixturevalue(fixture)
+    view = nbinspect.attention(model, tokenizer, "The capital of France is Paris.")
+    ids = tokenizer("The capital of France is Paris.", return_tensors="pt")["input_ids"]
+    ref = eager_attentions(model, ids)
+    layer = view.n_layers // 2
+    for head in range(view.n_heads):
+        assert (view.weights(layer, head) - ref[layer][0, head]).abs().max() <= 1 / 510 + 1e-6
+    assert model.config._attn_implementation == "sdpa"
