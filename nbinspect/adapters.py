@@ -27,6 +27,12 @@ class ModelParts:
 
     ``layers`` names the list of transformer blocks; the other paths are relative to one block.
     ``None`` means the family has no such part (BERT has no final norm, dense models no router).
+    For a model nbinspect does not know, name them by hand, e.g. for a block ``blocks[i]`` with
+    ``.attn`` (calling transformers' attention functions), ``.attn.proj`` and ``.ff.down``::
+
+        parts = nbinspect.ModelParts(layers="blocks", attention="attn", attention_output="attn.proj",
+                                     mlp="ff", neurons="ff.down", n_heads=8)
+        with nbinspect.capture(model, residual=True, neurons=True, parts=parts) as record: ...
     """
 
     layers: str
@@ -38,6 +44,7 @@ class ModelParts:
     embedding: str | None = None  # relative to base_model
     router: str | None = None  # MoE gate; its output holds router logits/probabilities
     causal: bool = True
+    n_heads: int | None = None  # only needed when the model's config does not say
 
 
 _LLAMA_LIKE = ModelParts(
@@ -188,12 +195,20 @@ class Adapter:
 
     @property
     def config(self):
-        return self.model.config
+        return getattr(self.model, "config", None)
 
     @property
     def n_heads(self) -> int:
-        c = self.config
-        return getattr(c, "num_attention_heads", None) or getattr(c, "n_head")
+        if self.parts.n_heads:
+            return self.parts.n_heads
+        c = getattr(self.model, "config", None)
+        n = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None)
+        if not n:
+            raise UnsupportedModelError(
+                f"could not read the number of attention heads of {type(self.model).__name__} from a config; "
+                "give it with parts=nbinspect.ModelParts(..., n_heads=...)."
+            )
+        return n
 
     @property
     def n_kv_heads(self) -> int:

@@ -106,6 +106,12 @@ def test_custom_parts_capture_residual_and_neurons():
         y = model(torch.randn(1, 3, 8))
     assert torch.equal(record.residual[1].after, y)
     assert record.neurons[1].shape == (1, 3, 16)
+    with pytest.raises(UnsupportedModelError, match="n_heads"):
+        capture(model, heads=True, parts=parts).adapter.n_heads
+    heads = ModelParts(layers="blocks", attention="mix", attention_output="out", mlp="ff", neurons="ff.2", n_heads=2)
+    with capture(model, heads=[0], parts=heads) as record, torch.no_grad():
+        model(torch.randn(1, 3, 8))
+    assert record.heads[0].writes().shape == (1, 3, 2, 8)
 
 
 def test_tied_embeddings():

@@ -287,3 +287,31 @@ def test_minilm_attention_matches_eager(minilm):
     for i in range(6):
         torch.testing.assert_close(record.attention[i], ref.attentions[i], rtol=0, atol=1e-5)
     assert record.heads[5].writes().shape[2] == 12
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_reduced_patterns_are_freed_layer_by_layer(implementation):
+    import gc
+    import weakref
+
+    model = tiny("llama")
+    model.set_attn_implementation(implementation)
+    alive_when_reducing = {}
+    refs = {}
+
+    def reduce(layer, weights):
+        gc.collect()
+        alive_when_reducing[layer] = [i for i, ref in refs.items() if ref() is not None]
+        refs[layer] = weakref.ref(weights)
+        return weights if layer == 1 else head_summary(layer, weights)
+
+    try:
+        with capture(model, attention=Request(reduce=reduce)) as record, torch.no_grad():
+            model(input_ids=_ids())
+    finally:
+        model.set_attn_implementation("sdpa")
+    gc.collect()
+    # Only the layer kept in full outlives its reduce: long inputs never hold every layer's n x n pattern.
+    assert alive_when_reducing == {0: [], 1: [], 2: [1]}
+    assert [i for i, ref in refs.items() if ref() is not None] == [1]
+    assert record.attention[1].shape == (2, 4, 9, 9)
