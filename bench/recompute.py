@@ -1,0 +1,150 @@
+"""How fast an edit shows up: recompute from the edited layer against a full forward, on the default model.
+
+Prints one line per figure, ``name value unit``, for N = 128 and 512 tokens:
+
+* ``full_forward_ms_N`` — ``model(**inputs, use_cache=False)``, every position's logits.
+* ``recompute_ratio_{first,mid,last}_N`` — a rerun after an edit at layer 0, n/2 and n-1 (what the
+  sliders do: layers ≥ L, then the final norm and the unembedding at the panel's two positions),
+  divided by a full forward timed right before it (median of per-pair ratios, so that other load on
+  a shared machine hits both sides). The goal is the share of layers rerun.
+* ``recompute_all_logits_ratio_last_N`` — the same after a last-layer edit, but unembedding every
+  position, as the full forward does (the unembedding alone is ~20 % of a SmolLM2 forward).
+* ``slider_to_payload_ms_N`` — a head slider at the middle layer moves; until the prediction panel's
+  new payload is set (worker thread, no attention view).
+* ``slider_to_payload_with_attention_ms_N`` — the same with an ``AttentionView`` attached: attention of
+  the rerun layers captured, reduced and encoded for the browser.
+
+``slider_to_repaint_ms_N`` needs a browser and is measured by the browser harness, not here.
+Medians of a few repeats; no assertions. Runs on CUDA when available (figures then say so).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import nbinspect  # noqa: E402
+from nbinspect.adapters import Adapter  # noqa: E402
+from nbinspect.perturb import ScaleHead  # noqa: E402
+from nbinspect.recompute import Recompute  # noqa: E402
+
+REPEATS = 3
+LENGTHS = (128, 512)
+TEXT = (
+    "The teacher dragged a slider and the model's next word changed. Attention heads read earlier tokens; "
+    "MLP neurons write features back into the residual stream. "
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_s(fn, device, repeats=REPEATS) -> float:
+    fn()  # warm-up: first calls allocate
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired_ratio(fn, reference, device, repeats=REPEATS) -> float:
+    """Median of fn's time over reference's, timed back to back so that load on a shared machine hits both."""
+    fn()
+    reference()
+    ratios = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        reference()
+        sync(device)
+        middle = time.perf_counter()
+        fn()
+        sync(device)
+        ratios.append((time.perf_counter() - middle) / (middle - start))
+    return statistics.median(ratios)
+
+
+def text_of(tokenizer, n: int) -> str:
+    """A text of exactly n tokens (decoded from n token ids of a repeated paragraph)."""
+    ids = tokenizer(TEXT * (n // 20 + 2))["input_ids"][:n]
+    text = tokenizer.decode(ids)
+    assert len(tokenizer(text)["input_ids"]) >= n - 2, "the text did not round-trip through the tokenizer"
+    return text
+
+
+def bench_length(model, tokenizer, n: int, suffix: str) -> None:
+    adapter = Adapter.of(model)
+    device = adapter.device_of(0)
+    enc = tokenizer(text_of(tokenizer, n), return_tensors="pt")
+    ids = enc["input_ids"][:, :n].to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    n_tokens = ids.shape[1]
+    tag = f"{n_tokens}{suffix}"
+
+    def forward():
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+
+    print(f"full_forward_ms_{tag} {1000 * median_s(forward, device):.1f} ms")
+
+    rec = Recompute(model, inputs)
+    positions = [n_tokens - 1, n_tokens // 2]
+    n_layers = adapter.n_layers
+    for name, layer in (("first", 0), ("mid", n_layers // 2), ("last", n_layers - 1)):
+        step = iter(range(10_000))
+
+        def edit_and_rerun():
+            # A new factor each time, so every rerun really starts at `layer`.
+            rec.run(ScaleHead(layer, 1, 0.5 + 0.001 * next(step))).logits(positions)
+
+        print(f"recompute_ratio_{name}_{tag} {paired_ratio(edit_and_rerun, forward, device):.3f} ratio")
+    step = iter(range(10_000))
+    last_all = paired_ratio(lambda: rec.run(ScaleHead(n_layers - 1, 1, 0.5 + 0.001 * next(step))).logits(), forward, device)
+    print(f"recompute_all_logits_ratio_last_{tag} {last_all:.3f} ratio")
+
+    text = tokenizer.decode(ids[0])
+    for label, views in (("", ()), ("_with_attention", None)):
+        if views is None:
+            views = [nbinspect.attention(model, tokenizer, text, layer=n_layers // 2)]
+        panel = nbinspect.sliders(model, tokenizer, text, views=views)
+        panel.head_layer.value = n_layers // 2
+        panel.wait(600)
+        factors = iter([0.0, 0.5, 0.25, 0.75, 0.1, 0.9, 0.3, 0.6, 0.2])
+
+        def move():
+            panel.head_factor.value = next(factors)
+            panel.wait(600)
+
+        print(f"slider_to_payload{label}_ms_{tag} {1000 * median_s(move, device):.1f} ms")
+        panel.reset()
+        panel.wait(600)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    model, tokenizer = nbinspect.load()
+    device = Adapter.of(model).device_of(0)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    print(f"# SmolLM2-135M on {device} ({torch.get_num_threads()} CPU threads), median of {REPEATS}", flush=True)
+    for n in LENGTHS:
+        bench_length(model, tokenizer, n, suffix)
+    print(f"bench_wall_s {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
