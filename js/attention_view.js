@@ -2,12 +2,13 @@
 // Pairs with nbinspect/views/attention_view.py. Canvas only; token text via fillText/textContent.
 import { bytesOf, dequantize, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
+import { bindSelection } from "./selection.js";
 
 const FOCUS_PX = 480; // side of the focused heatmap
 const LABEL_PX = 84; // room for token labels left of and above the heatmap
 const GAP = 2;
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
-const HOVER_SAVE_MS = 100; // hover is throttled before it reaches Python
+const SHARED = new Set(["layer", "head", "token"]); // live in the shared Selection, not in this view
 
 const CSS = `
 .nbi-attn { font: ${FONT}; color: #222; display: inline-block; position: relative; outline: none; }
@@ -30,7 +31,8 @@ function el(tag, cls, parent) {
   return e;
 }
 
-function render({ model, el: host }) {
+async function render({ model, el: host }) {
+  const sel = await bindSelection(model);
   const root = el("div", "nbi-attn", host);
   root.tabIndex = 0;
   // JupyterLab skips its own keyboard shortcuts inside elements marked like this (arrow keys are ours).
@@ -50,10 +52,8 @@ function render({ model, el: host }) {
   let thumbImage = null;
   let focusImage = null;
   let frame = 0;
-  let lastSaved = 0;
-  let pendingToken = null;
 
-  const get = (k) => model.get(k);
+  const get = (k) => (SHARED.has(k) ? sel.get(k) : model.get(k));
   const layout = () => {
     const L = get("n_layers");
     const H = get("n_heads");
@@ -199,28 +199,14 @@ function render({ model, el: host }) {
     const l = Math.max(0, Math.min(L - 1, layer));
     const h = Math.max(0, Math.min(H - 1, headIdx));
     if (l === get("layer") && h === get("head")) return;
-    model.set("layer", l);
-    model.set("head", h);
-    model.save_changes();
+    sel.set({ layer: l, head: h }); // every linked view repaints now; Python sends the full map after
     schedule();
   }
 
   function setToken(i) {
     if (i === get("token")) return;
-    model.set("token", i);
+    sel.set({ token: i }, { throttle: true }); // hover moves fast: Python hears at most every 100 ms
     schedule();
-    // Hover moves fast; tell Python at most every HOVER_SAVE_MS.
-    const now = performance.now();
-    if (now - lastSaved >= HOVER_SAVE_MS) {
-      lastSaved = now;
-      model.save_changes();
-    } else if (!pendingToken) {
-      pendingToken = setTimeout(() => {
-        pendingToken = null;
-        lastSaved = performance.now();
-        model.save_changes();
-      }, HOVER_SAVE_MS);
-    }
   }
 
   function showTip(evt, text) {
@@ -314,18 +300,19 @@ function render({ model, el: host }) {
   model.on("change:thumbnails", onThumbs);
   model.on("change:focus", onFocus);
   model.on("change:focus_of", schedule);
-  for (const k of ["layer", "head", "token", "busy", "tokens"]) model.on(`change:${k}`, schedule);
+  for (const k of ["busy", "tokens"]) model.on(`change:${k}`, schedule);
+  sel.on(schedule);
   rebuildThumbs();
   rebuildFocus();
   draw();
 
   return () => {
     if (frame) cancelAnimationFrame(frame);
-    if (pendingToken) clearTimeout(pendingToken);
     model.off("change:thumbnails", onThumbs);
     model.off("change:focus", onFocus);
     model.off("change:focus_of", schedule);
-    for (const k of ["layer", "head", "token", "busy", "tokens"]) model.off(`change:${k}`, schedule);
+    for (const k of ["busy", "tokens"]) model.off(`change:${k}`, schedule);
+    sel.off(schedule);
   };
 }
 

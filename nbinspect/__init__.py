@@ -7,11 +7,13 @@ from .loading import load
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .recompute import Recompute
 from .views.attention_view import AttentionView, attention
+from .views.selection import Selection
 from .views.perturb_panel import PerturbPanel, PredictionView, sliders
 
 __all__ = [
     "AttentionView",
     "attention",
+    "Selection",
     "GradientNorms",
     "HeadOutputs",
     "ModelParts",

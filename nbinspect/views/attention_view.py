@@ -8,6 +8,7 @@ The focus (``layer``, ``head``) and the hovered ``token`` are two-way traits.
 from __future__ import annotations
 
 import anywidget
+import ipywidgets
 import torch
 import traitlets
 
@@ -16,6 +17,7 @@ from ..adapters import Adapter, ModelParts
 from ..inputs import encode, token_strings
 from ._bundle import bundle
 from .attention_maps import AttentionMaps
+from .selection import Selection, link_focus
 
 
 class AttentionView(anywidget.AnyWidget):
@@ -25,11 +27,13 @@ class AttentionView(anywidget.AnyWidget):
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
-    #: Focused layer and head (two-way: clicks and arrow keys in the browser set them).
-    layer = traitlets.Int(0).tag(sync=True)
-    head = traitlets.Int(0).tag(sync=True)
-    #: Token under the pointer (-1: none); its row and column are highlighted.
-    token = traitlets.Int(-1).tag(sync=True)
+    #: The shared selection; the browser reads and writes focus and token there (see js/selection.js).
+    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
+    #: Focused layer and head, and the token under the pointer (-1: none), mirrored from ``selection``
+    #: both ways: clicks, arrow keys and hovers in the browser set them, and setting them moves the view.
+    layer = traitlets.Int(0)
+    head = traitlets.Int(0)
+    token = traitlets.Int(-1)
     #: uint8 [layers, heads, c, c] thumbnails and their float32 [layers, heads] scales.
     thumbnails = traitlets.Bytes(b"").tag(sync=True)
     thumbnail_scales = traitlets.Bytes(b"").tag(sync=True)
@@ -46,17 +50,35 @@ class AttentionView(anywidget.AnyWidget):
     #: Set by the browser once the view has painted (used by tests and benchmarks).
     painted = traitlets.Int(0).tag(sync=True)
 
-    def __init__(self, maps: AttentionMaps, tokens: list[str], layer: int = 0, head: int = 0, **kwargs):
+    def __init__(
+        self,
+        maps: AttentionMaps,
+        tokens: list[str],
+        layer: int | None = None,
+        head: int | None = None,
+        selection: Selection | None = None,
+        **kwargs,
+    ):
         self._maps = maps
         adapter = maps.adapter
+        selection = (selection or Selection()).bound_to(
+            n_tokens=len(tokens), n_layers=adapter.n_layers, n_heads=adapter.n_heads
+        )
+        with selection.hold_trait_notifications():
+            if layer is not None:
+                selection.layer = adapter.check_layer(layer)
+            if head is not None:
+                selection.head = adapter.check_head(head)
         super().__init__(
             tokens=codecs.clip_tokens(tokens),
             n_layers=adapter.n_layers,
             n_heads=adapter.n_heads,
-            layer=adapter.check_layer(layer),
-            head=adapter.check_head(head),
+            selection=selection,
             **kwargs,
         )
+        link_focus(self, selection, ("layer", "head", "token"))
+        # Follow the selection (not our mirrored traits): it holds the new layer and head together.
+        selection.observe(self._focus_moved, ["layer", "head"])
         self._send_thumbnails()
         self._send_focus()
 
@@ -81,7 +103,6 @@ class AttentionView(anywidget.AnyWidget):
             raise traitlets.TraitError(f"token {value} is out of range: the text has tokens 0..{len(self.tokens) - 1} (-1 for none).")
         return value
 
-    @traitlets.observe("layer", "head")
     def _focus_moved(self, change):
         self._send_focus()
 
@@ -94,7 +115,11 @@ class AttentionView(anywidget.AnyWidget):
             self.thumbnails = codecs.to_bytes(thumbs)
 
     def _send_focus(self) -> None:
-        layer, head = self.layer, self.head
+        # Read both from the selection: when the browser moves layer and head in one message, the
+        # first link update arrives before the second, and we want to send one map, not two.
+        layer, head = self.selection.layer, self.selection.head
+        if self.focus_of == [layer, head] and self.focus:
+            return
         maps = self._maps.full(layer)
         with self.hold_sync():
             self.focus_cells = int(maps.full.shape[-1])
@@ -116,6 +141,7 @@ class AttentionView(anywidget.AnyWidget):
         self._maps.update(attention, focus_layer=self.layer)
         self._send_thumbnails()
         if self.layer in attention:
+            self.focus_of = [-1, -1]  # the focused map changed: send it again
             self._send_focus()
 
     def payload_bytes(self) -> int:
@@ -124,14 +150,25 @@ class AttentionView(anywidget.AnyWidget):
         return binary + sum(len(t.encode()) + 3 for t in self.tokens)
 
 
-def attention(model, tokenizer, text: str, *, layer: int = 0, head: int = 0, parts: ModelParts | None = None) -> AttentionView:
+def attention(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
+    selection: Selection | None = None,
+    parts: ModelParts | None = None,
+) -> AttentionView:
     """Run ``text`` through ``model`` and show its attention patterns.
 
     Works on the model's current attention implementation (sdpa included) and leaves it unchanged.
     Raises ``ValueError`` for empty or over-long text and ``TypeError`` for a model nbinspect cannot
-    find its way around.
+    find its way around. Pass ``selection`` to link this view with others.
     """
     adapter = Adapter.of(model, parts)
     inputs = encode(tokenizer, text, adapter)
-    maps = AttentionMaps(adapter, inputs, focus_layer=adapter.check_layer(layer))
-    return AttentionView(maps, token_strings(tokenizer, inputs["input_ids"]), layer=layer, head=head)
+    start = layer if layer is not None else (selection.layer if selection is not None else 0)
+    maps = AttentionMaps(adapter, inputs, focus_layer=adapter.check_layer(start))
+    tokens = token_strings(tokenizer, inputs["input_ids"])
+    return AttentionView(maps, tokens, layer=layer, head=head, selection=selection)

@@ -1,0 +1,84 @@
+"""Selection: the one shared answer to "which token, layer, head and neuron are we looking at?".
+
+Every view holds a Selection (its own, or one passed in to link it to others). In the browser the views
+read and write the same widget model, so a click in one view repaints the others at once, without a
+kernel round trip; Python sees every change (read, set, observe) as ordinary traits.
+"""
+
+from __future__ import annotations
+
+import anywidget
+import traitlets
+
+from ._bundle import bundle
+
+
+class Selection(anywidget.AnyWidget):
+    """Current token, layer, head and neuron, shared by linked views (-1: nothing selected).
+
+    The bounds (``n_tokens``, ``n_layers``, ``n_heads``, ``n_neurons``) are set by the first view that
+    links to it, so an out-of-range value is refused with a message before any view sees it.
+    """
+
+    _esm = bundle("selection_view")
+
+    token = traitlets.Int(-1).tag(sync=True)
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    neuron = traitlets.Int(-1).tag(sync=True)
+    n_tokens = traitlets.Int(0).tag(sync=True)
+    n_layers = traitlets.Int(0).tag(sync=True)
+    n_heads = traitlets.Int(0).tag(sync=True)
+    n_neurons = traitlets.Int(0).tag(sync=True)
+
+    def _check(self, name: str, value: int, size: int, none_ok: bool) -> int:
+        low = -1 if none_ok else 0
+        if size and not low <= value < size:
+            extra = " (-1 for none)" if none_ok else ""
+            raise traitlets.TraitError(f"{name} {value} is out of range: expected 0..{size - 1}{extra}.")
+        if value < low:
+            raise traitlets.TraitError(f"{name} {value} is out of range: expected a value >= {low}.")
+        return value
+
+    @traitlets.validate("token")
+    def _valid_token(self, p):
+        return self._check("token", p["value"], self.n_tokens, True)
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, p):
+        value = p["value"]
+        if self.n_layers and -self.n_layers <= value < 0:  # Python-style negative index
+            value += self.n_layers
+        return self._check("layer", value, self.n_layers, False)
+
+    @traitlets.validate("head")
+    def _valid_head(self, p):
+        return self._check("head", p["value"], self.n_heads, False)
+
+    @traitlets.validate("neuron")
+    def _valid_neuron(self, p):
+        return self._check("neuron", p["value"], self.n_neurons, True)
+
+    def bound_to(self, **sizes: int) -> Selection:
+        """Record the sizes of what the views show; a second view of another shape is refused."""
+        for name, size in sizes.items():
+            current = getattr(self, name)
+            if current and size and current != size:
+                raise ValueError(
+                    f"this Selection is linked to views with {name}={current}, but the new view has {size}; "
+                    "link views of the same model and text only."
+                )
+        with self.hold_trait_notifications():
+            for name, size in sizes.items():
+                if size:
+                    setattr(self, name, size)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Selection(token={self.token}, layer={self.layer}, head={self.head}, neuron={self.neuron})"
+
+
+def link_focus(view, selection: Selection, names: tuple[str, ...]) -> None:
+    """Keep ``view.<name>`` and ``selection.<name>`` equal (both ways) for each name."""
+    for name in names:
+        traitlets.link((selection, name), (view, name))
