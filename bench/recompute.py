@@ -37,12 +37,11 @@ from nbinspect.adapters import Adapter  # noqa: E402
 from nbinspect.perturb import ScaleHead  # noqa: E402
 from nbinspect.recompute import Recompute  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import text_of_tokens  # noqa: E402
+
 REPEATS = 3
 LENGTHS = (128, 512)
-TEXT = (
-    "The teacher dragged a slider and the model's next word changed. Attention heads read earlier tokens; "
-    "MLP neurons write features back into the residual stream. "
-)
 
 
 def sync(device: torch.device) -> None:
@@ -79,19 +78,11 @@ def paired_ratio(fn, reference, device, repeats=REPEATS) -> float:
     return statistics.median(ratios)
 
 
-def text_of(tokenizer, n: int) -> str:
-    """A text of exactly n tokens (decoded from n token ids of a repeated paragraph)."""
-    ids = tokenizer(TEXT * (n // 20 + 2))["input_ids"][:n]
-    text = tokenizer.decode(ids)
-    assert len(tokenizer(text)["input_ids"]) >= n - 2, "the text did not round-trip through the tokenizer"
-    return text
-
-
 def bench_length(model, tokenizer, n: int, suffix: str) -> None:
     adapter = Adapter.of(model)
     device = adapter.device_of(0)
-    enc = tokenizer(text_of(tokenizer, n), return_tensors="pt")
-    ids = enc["input_ids"][:, :n].to(device)
+    enc = tokenizer(text_of_tokens(tokenizer, n), return_tensors="pt")
+    ids = enc["input_ids"].to(device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     n_tokens = ids.shape[1]
     tag = f"{n_tokens}{suffix}"

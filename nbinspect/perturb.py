@@ -49,7 +49,7 @@ class EditError(ValueError):
     """An edit cannot be applied to this model (bad index, weights not editable in place, ...)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Change:
     """One in-place change of one slice of one parameter; what edits resolve to.
 

@@ -20,6 +20,8 @@ Requirements this module is built around:
   make a new ``Recompute`` if you do.
 * **Logits only where asked.** Unembedding every position costs ~20 % of a SmolLM2 forward, so a run
   keeps the last layer's output and :meth:`Result.logits` unembeds only the positions requested.
+  When an edit touches the final norm or the unembedding (tied embeddings included), those edits
+  are applied again, briefly, while the logits are computed.
 """
 
 from __future__ import annotations
