@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from tiny_models import CharTokenizer, tiny
 
@@ -185,3 +187,45 @@ def test_the_attention_view_repaints_after_a_slider_moves():
     panel.reset()
     assert panel.wait(30)
     assert torch.equal(view.weights(2, 1), before)
+
+
+@pytest.fixture(scope="module")
+def storm_panel():
+    model = tiny("gpt2")
+    return model, PerturbPanel(model, CharTokenizer(), TEXT)
+
+
+moves = st.lists(
+    st.one_of(
+        st.tuples(st.just("head_layer"), st.integers(0, 2)),
+        st.tuples(st.just("head"), st.integers(0, 3)),
+        st.tuples(st.just("head_factor"), st.sampled_from([0.0, 0.35, 1.0, 2.0])),
+        st.tuples(st.just("neuron_layer"), st.integers(0, 2)),
+        st.tuples(st.just("neuron"), st.integers(0, 127)),
+        st.tuples(st.just("neuron_factor"), st.sampled_from([0.0, 1.0, 1.5])),
+        st.tuples(st.just("noise_layer"), st.integers(0, 2)),
+        st.tuples(st.just("noise_sigma"), st.sampled_from([0.0, 0.1, 0.8])),
+        st.tuples(st.just("noise_seed"), st.integers(0, 5)),
+        st.tuples(st.just("position"), st.integers(0, len(TEXT) - 1)),
+    ),
+    min_size=200,
+    max_size=200,
+)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(moves=moves)
+def test_any_storm_of_200_slider_moves_ends_in_the_last_values_state(storm_panel, moves):
+    model, panel = storm_panel
+    for name, value in moves:
+        getattr(panel, name).value = value
+    assert panel.wait(60)
+    edits, positions = panel.edits, panel.positions()
+    summary = panel.prediction.summary
+    assert summary["edits"] == [repr(e) for e in edits]
+    assert [row["position"] for row in summary["positions"]] == positions
+    with torch.no_grad(), perturb(model, *edits):
+        logits = model(input_ids=CharTokenizer()(TEXT)["input_ids"], use_cache=False).logits[0]
+    for row, position in zip(summary["positions"], positions):
+        assert row["after"][0][1] == pytest.approx(logits[position].softmax(-1).max().item(), abs=1e-5)
+    assert not panel.prediction.busy
