@@ -27,7 +27,8 @@ except ImportError:  # pragma: no cover - older transformers
 Listener = Callable[[torch.Tensor], None]
 
 _lock = threading.RLock()
-_listeners: dict[int, Listener] = {}  # id(attention module) -> callback receiving [batch, heads, q, k]
+# id(attention module) -> (callback receiving [batch, heads, q, k], the dtype to hand it over in)
+_listeners: dict[int, tuple[Listener, torch.dtype]] = {}
 _installed: dict[str, tuple[bool, object]] = {}  # implementation name -> (had local entry, previous entry)
 _users: dict[str, int] = {}
 
@@ -43,11 +44,18 @@ def _module_eager(module: nn.Module) -> Callable:
     return fn
 
 
-def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None) -> torch.Tensor:
-    """Eager attention probabilities, float32, shape [batch, heads, q, k], from post-rotary q and k.
+# Scores are computed a block of query rows at a time, each block about this many float32 values
+# (16 MB): small enough to stay cheap to allocate and touch, large enough to keep the matmuls efficient.
+_BLOCK_VALUES = 1 << 22
 
-    Written for long inputs: the n x n scores are allocated once, scaled, masked and normalised with as
-    few passes over them as possible, and grouped KV heads are never copied.
+
+def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Eager attention probabilities, shape [batch, heads, q, k], from post-rotary q and k.
+
+    Computed in float32 like eager attention and stored as ``dtype``. Written for long inputs: query rows
+    go a block at a time into the one output tensor (so no second n x n float32 copy ever exists), a
+    causal block only computes the keys it can see (half the work), and grouped KV heads are never copied.
     """
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -55,22 +63,33 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     if scaling is None:
         scaling = dim**-0.5
     # Scaling q before the product (not the n x n result) saves a pass; it changes rounding by ~1 ulp.
-    q = (query.float() * scaling).reshape(batch * kv_heads, n_rep * q_len, dim)
-    k = key.float().reshape(batch * kv_heads, k_len, dim)
-    scores = torch.bmm(q, k.transpose(1, 2)).view(batch, heads, q_len, k_len)
+    q = (query.float() * scaling).view(batch, kv_heads, n_rep, q_len, dim)
+    k_t = key.float().reshape(batch * kv_heads, k_len, dim).transpose(1, 2)
+    mask = None
     if attention_mask is not None:
         mask = attention_mask[..., :k_len]
         if mask.dtype == torch.bool:
             # The dtype's minimum, as eager's additive masks use: a fully masked (padding) query row
             # then comes out uniform, as in eager, instead of NaN.
-            scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores.add_(mask.float())
-    else:
-        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        if causal and q_len > 1:
-            scores.add_(_causal_mask(q_len, k_len, scores.device))
-    return torch.softmax(scores, dim=-1)
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        mask = mask.float()
+    causal = mask is None and (getattr(module, "is_causal", True) if is_causal is None else is_causal) and q_len > 1
+    if causal:
+        mask = _causal_mask(q_len, k_len, query.device)
+    out = torch.empty(batch, heads, q_len, k_len, dtype=dtype, device=query.device)
+    block = max(1, _BLOCK_VALUES // (batch * heads * k_len))
+    for start in range(0, q_len, block):
+        stop = min(start + block, q_len)
+        # Queries are the last q_len of the k_len positions (a KV cache may hold earlier ones).
+        visible = k_len - q_len + stop if causal else k_len
+        rows = q[:, :, :, start:stop].reshape(batch * kv_heads, n_rep * (stop - start), dim)
+        scores = torch.bmm(rows, k_t[:, :, :visible]).view(batch, heads, stop - start, visible)
+        if mask is not None:
+            scores.add_(mask[..., start:stop, :visible])
+        out[:, :, start:stop, :visible] = torch.softmax(scores, dim=-1)
+        if visible < k_len:
+            out[:, :, start:stop, visible:] = 0
+    return out
 
 
 _causal_cache: dict[tuple, torch.Tensor] = {}
@@ -94,15 +113,16 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
     def capturing_attention(module, query, key, value, attention_mask, *args, **kwargs):
         fn = original if original is not None else _module_eager(module)
         out = fn(module, query, key, value, attention_mask, *args, **kwargs)
-        listener = _listeners.get(id(module))
-        if listener is not None:
+        entry = _listeners.get(id(module))
+        if entry is not None:
+            listener, dtype = entry
             weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
-            if weights is None or weights.dtype != torch.float32:
-                with torch.no_grad():
+            with torch.no_grad():
+                if weights is None or weights.dtype != torch.float32:
                     weights = attention_weights(
-                        module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal")
+                        module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype
                     )
-            listener(weights.detach())
+                listener(weights.detach().to(dtype))
         return out
 
     capturing_attention.__nbinspect__ = name
@@ -133,13 +153,14 @@ def implementation_of(model: nn.Module) -> str:
 
 
 class listening:
-    """Context manager: call ``listeners[module]`` with each attention module's weights while active."""
+    """Context manager: call ``listeners[module]`` with each attention module's weights (as ``dtype``) while active."""
 
-    def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener]):
+    def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener], dtype: torch.dtype = torch.float32):
         if ALL_ATTENTION_FUNCTIONS is None:
             raise RuntimeError("capturing attention needs transformers >= 4.48 (its attention-function registry).")
         self.name = implementation_of(model)
         self.listeners = listeners
+        self.dtype = dtype
 
     def __enter__(self):
         with _lock:
@@ -150,7 +171,7 @@ class listening:
                 _install(self.name)
             _users[self.name] = _users.get(self.name, 0) + 1
             for module, fn in self.listeners.items():
-                _listeners[id(module)] = fn
+                _listeners[id(module)] = (fn, self.dtype)
         return self
 
     def __exit__(self, *exc):

@@ -46,12 +46,16 @@ class Request:
 
     layers: the layers to hook (``None``: all of them; negative indices count from the end).
     reduce: called as ``reduce(layer, value)`` on the layer's device as soon as the value exists;
-        its return value is stored instead (e.g. a per-head summary, top-k neurons, a float16 copy).
+        its return value is stored instead (e.g. a per-head summary, top-k neurons).
         See :mod:`nbinspect.reductions` for ready-made ones.
+    dtype: keep tensors in this dtype (e.g. ``torch.float16`` halves a full attention capture);
+        attention is still computed in float32 and written straight into the smaller tensor, so no
+        float32 copy of a whole pattern ever exists. Applied before ``reduce``.
     """
 
     layers: Sequence[int] | None = None
     reduce: Reduce | None = None
+    dtype: torch.dtype | None = None
 
 
 def _as_request(value) -> Request | None:
@@ -138,6 +142,24 @@ class Record:
     gradients: dict[str, dict[int, Any]] = field(default_factory=dict)
     input_ids: torch.Tensor | None = None  # set by run()
     tokens: list[str] | None = None  # set by run(): each token's text
+
+
+def _reducer(request: Request, cast: bool = True) -> Reduce:
+    """``request``'s dtype then its reduce, as one function of ``(layer, value)``."""
+    dtype, reduce = request.dtype if cast else None, request.reduce
+    if dtype is not None:
+
+        def to_dtype(value):
+            if isinstance(value, HeadOutputs):
+                return HeadOutputs(value.z.to(dtype), value.weight, value.bias, value.n_heads)
+            if isinstance(value, Routing):
+                return Routing(value.probs.to(dtype), value.experts, value.weights.to(dtype))
+            return value.to(dtype)
+
+        if reduce is None:
+            return lambda layer, value: to_dtype(value)
+        return lambda layer, value: reduce(layer, to_dtype(value))
+    return reduce or (lambda layer, value: value)
 
 
 def _hidden(args, kwargs) -> torch.Tensor:
@@ -240,8 +262,8 @@ class capture:
         a, hook = self.adapter, self._handles.append
         if self.requests["attention"] is not None:
             request, layers = self.requests["attention"]
-            listeners = {a.attention(i): self._store("attention", i, request) for i in layers}
-            self._listening = _attention_hook.listening(self.model, listeners)
+            listeners = {a.attention(i): self._store("attention", i, request, cast=False) for i in layers}
+            self._listening = _attention_hook.listening(self.model, listeners, request.dtype or torch.float32)
             self._listening.__enter__()
         if self.requests["heads"] is not None:
             request, layers = self.requests["heads"]
@@ -277,11 +299,9 @@ class capture:
                 listening.__exit__(None, None, None)
 
     # --- the hooks ------------------------------------------------------------------------
-    def _store(self, kind: str, layer: int, request: Request) -> Callable[[Any], None]:
-        store = getattr(self.record, kind)
-        if request.reduce is None:
-            return lambda value: store.__setitem__(layer, value)
-        return lambda value: store.__setitem__(layer, request.reduce(layer, value))
+    def _store(self, kind: str, layer: int, request: Request, cast: bool = True) -> Callable[[Any], None]:
+        store, reduce = getattr(self.record, kind), _reducer(request, cast)
+        return lambda value: store.__setitem__(layer, reduce(layer, value))
 
     def _watch_gradient(self, kind: str, layer: int, tensor: torch.Tensor, slot: str | None = None) -> None:
         if kind not in self.gradient_kinds or not tensor.requires_grad:
@@ -318,7 +338,7 @@ class capture:
         return on_neurons
 
     def _on_residual(self, layer: int, request: Request):
-        record, reduce = self.record.residual, request.reduce or (lambda _, x: x)
+        record, reduce = self.record.residual, _reducer(request)
 
         def before(module, args, kwargs):
             hidden = _hidden(args, kwargs)

@@ -315,3 +315,29 @@ def test_reduced_patterns_are_freed_layer_by_layer(implementation):
     assert alive_when_reducing == {0: [], 1: [], 2: [1]}
     assert [i for i, ref in refs.items() if ref() is not None] == [1]
     assert record.attention[1].shape == (2, 4, 9, 9)
+
+
+def test_dtype_keeps_a_smaller_copy():
+    model = tiny("mistral")
+    ids = _ids()
+    with capture(model, attention=Request(dtype=torch.float16), neurons=Request(layers=[0], dtype=torch.bfloat16),
+                 heads=Request(layers=[0], dtype=torch.float16)) as record, torch.no_grad():
+        model(input_ids=ids)
+    full = _eager(model, ids).attentions
+    for i in range(3):
+        assert record.attention[i].dtype == torch.float16
+        torch.testing.assert_close(record.attention[i].float(), full[i], rtol=0, atol=1e-3)
+    assert record.neurons[0].dtype == torch.bfloat16 and record.heads[0].z.dtype == torch.float16
+
+
+def test_long_causal_input_is_computed_in_blocks(monkeypatch):
+    from nbinspect import _attention_hook
+
+    monkeypatch.setattr(_attention_hook, "_BLOCK_VALUES", 2 * 4 * 40 * 3)  # ~3 query rows per block
+    model = tiny("llama")
+    ids = _ids(n=40)
+    with capture(model, attention=True) as record, torch.no_grad():
+        model(input_ids=ids)
+    full = _eager(model, ids).attentions
+    for i in range(3):
+        torch.testing.assert_close(record.attention[i], full[i], rtol=0, atol=1e-5)

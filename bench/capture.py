@@ -1,0 +1,188 @@
+"""What capturing costs on the default model (SmolLM2-135M), against HF eager attention as the anchor.
+
+Prints one line per figure, ``name value unit``:
+
+- ``capture_overhead_N``: forward time with a *full capture* divided by a plain forward with the model's
+  default attention (sdpa), same process, rounds interleaved so drift from other load hits both alike,
+  median of ``--repeats``. A full capture records, for every layer, the attention patterns, the MLP neuron
+  activations and the residual stream before and after the block. Patterns are kept as **float16** on
+  the device (half of float32's 4.5 GB at 2048 tokens; views quantize to 8 bits anyway); neurons and the
+  residual stream stay float32.
+- ``eager_attentions_overhead_N``: the same ratio for HF eager attention with ``output_attentions=True``
+  (all layers' float32 patterns), the anchor.
+- ``capture_peak_mb_N`` / ``eager_attentions_peak_mb_N``: peak resident memory of that forward above the
+  memory held just before it (so the model's own 0.5 GB is excluded), each measured alone in a fresh
+  subprocess by polling /proc; on a GPU, ``torch.cuda.max_memory_allocated`` above the same baseline.
+- ``summary_peak_mb_N``: per-head summaries (entropy, max weight) of every layer plus the full pattern of one
+  layer, the long-input path: it must stay far below the full capture's peak.
+- ``grad_norms_cost`` / ``saliency_cost``: ``nbinspect.gradient_norms`` (LM loss) and
+  ``nbinspect.saliency`` (gradient x input) at 128 tokens, relative to a plain forward at 128 tokens.
+
+Run ``python bench/capture.py [--sizes 128 512 2048] [--repeats 3] [--threads 1]``; figures for a GPU
+follow with a ``_cuda`` suffix when one is available. CPU figures use one thread unless told otherwise:
+on a shared machine, OpenMP threads waiting on each other at every op made single forwards swing by 5x
+(0.5 s one-threaded against 2.6-11 s two-threaded at 128 tokens), which no median can rescue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+
+# Run from a checkout without installing: the package sits next to bench/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import nbinspect  # noqa: E402
+from nbinspect import Request  # noqa: E402
+from nbinspect.reductions import by_layer, head_summary  # noqa: E402
+
+CONFIGS = ("plain", "capture", "eager", "summary")
+SUMMARY_FULL_LAYER = 15  # the one layer whose full pattern the long-input path keeps
+
+
+def forward(model, ids, config: str):
+    """One forward of ``config``; returns what it kept, so a caller can hold it while measuring memory."""
+    with torch.no_grad():
+        if config == "plain":
+            return model(input_ids=ids)
+        if config == "eager":
+            model.set_attn_implementation("eager")
+            try:
+                return model(input_ids=ids, output_attentions=True)
+            finally:
+                model.set_attn_implementation("sdpa")
+        if config == "capture":
+            attention = Request(dtype=torch.float16)
+            kinds = dict(attention=attention, neurons=True, residual=True)
+        else:
+            kinds = dict(attention=Request(reduce=by_layer(head_summary, {SUMMARY_FULL_LAYER: None})))
+        with nbinspect.capture(model, **kinds) as record:
+            model(input_ids=ids)
+        return record
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(model, ids, config):
+    _sync(ids.device)
+    start = time.perf_counter()
+    kept = forward(model, ids, config)
+    _sync(ids.device)
+    del kept
+    return time.perf_counter() - start
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_in_this_process(config: str, n: int, device: str) -> float:
+    """Peak memory (MB) of one ``config`` forward at ``n`` tokens above what was held just before it."""
+    model, _ = nbinspect.load(device=device)
+    ids = torch.randint(100, 40000, (1, n), generator=torch.Generator().manual_seed(0)).to(device)
+    forward(model, ids[:, :16], config)  # first-call allocations are not the forward's cost
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        kept = forward(model, ids, config)
+        torch.cuda.synchronize()
+        del kept
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base, peak, done = _rss_mb(), [0.0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    kept = forward(model, ids, config)
+    peak[0] = max(peak[0], _rss_mb())
+    done.set()
+    watcher.join()
+    del kept
+    return peak[0] - base
+
+
+def peak(config: str, n: int, device: str) -> float:
+    # A fresh process per figure: allocators keep freed memory, so one measurement would skew the next.
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak", config, str(n), "--device", device, "--threads", str(torch.get_num_threads())],
+        check=True, capture_output=True, text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(sizes, repeats: int, device: str) -> None:
+    suffix = "" if device == "cpu" else f"_{device}"
+    model, _ = nbinspect.load(device=device)
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        ids = torch.randint(100, 40000, (1, n), generator=gen).to(device)
+        for config in ("plain", "capture", "eager"):
+            timed(model, ids[:, : min(n, 32)], config)  # warm every path once
+        times = {c: [] for c in ("plain", "capture", "eager")}
+        rounds = repeats if n <= 512 else max(1, repeats - 1)  # 2048 tokens on a CPU takes a while
+        for _ in range(rounds):
+            for config in times:
+                times[config].append(timed(model, ids, config))
+        plain = statistics.median(times["plain"])
+        print(f"plain_forward_s_{n}{suffix} {plain:.3f} s", flush=True)
+        print(f"capture_overhead_{n}{suffix} {statistics.median(times['capture']) / plain:.3f} x", flush=True)
+        print(f"eager_attentions_overhead_{n}{suffix} {statistics.median(times['eager']) / plain:.3f} x", flush=True)
+        print(f"capture_peak_mb_{n}{suffix} {peak('capture', n, device):.0f} MB", flush=True)
+        print(f"eager_attentions_peak_mb_{n}{suffix} {peak('eager', n, device):.0f} MB", flush=True)
+        if n == max(sizes):
+            print(f"summary_peak_mb_{n}{suffix} {peak('summary', n, device):.0f} MB", flush=True)
+
+    ids = torch.randint(100, 40000, (1, 128), generator=gen).to(device)
+    plain, grads, sal = [], [], []
+    for _ in range(repeats):
+        plain.append(timed(model, ids, "plain"))
+        _sync(ids.device)
+        start = time.perf_counter()
+        nbinspect.gradient_norms(model, ids, "loss")
+        _sync(ids.device)
+        grads.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        nbinspect.saliency(model, ids, method="grad_x_input")
+        _sync(ids.device)
+        sal.append(time.perf_counter() - start)
+    base = statistics.median(plain)
+    print(f"grad_norms_cost{suffix} {statistics.median(grads) / base:.2f} x", flush=True)
+    print(f"saliency_cost{suffix} {statistics.median(sal) / base:.2f} x", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda too if available)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1, see above)")
+    parser.add_argument("--peak", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.peak:
+        config, n = args.peak
+        assert config in CONFIGS, config
+        print(f"{peak_in_this_process(config, int(n), args.device or 'cpu'):.1f}")
+    else:
+        devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            main(args.sizes, args.repeats, device)
