@@ -7,6 +7,9 @@ from .loading import load
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .recompute import Recompute
 from .views.attention_view import AttentionView, attention
+from .views.dashboard import Dashboard, inspect
+from .views.gradient_view import GradientView, gradient_flow
+from .views.neuron_view import NeuronView, neurons
 from .views.selection import Selection
 from .views.perturb_panel import PerturbPanel, PredictionView, sliders
 
@@ -14,6 +17,12 @@ __all__ = [
     "AttentionView",
     "attention",
     "Selection",
+    "NeuronView",
+    "neurons",
+    "Dashboard",
+    "inspect",
+    "GradientView",
+    "gradient_flow",
     "GradientNorms",
     "HeadOutputs",
     "ModelParts",

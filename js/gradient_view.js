@@ -1,0 +1,176 @@
+// GradientView's token strip: the input tokens coloured by attribution, a method switch and the
+// vanishing/exploding flags. The per-layer chart beside it is altair's own JupyterChart.
+// Pairs with nbinspect/views/gradient_view.py. Canvas only; token text via fillText/textContent.
+import { float32sOf } from "./codecs.js";
+import { fitText, sizeCanvas } from "./heatmap.js";
+import { bindSelection } from "./selection.js";
+
+const WIDTH = 640;
+const ROW = 22;
+const PAD = 4;
+const MAX_TOKEN_PX = 120;
+const FONT = "12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
+const METHODS = {
+  grad_norm: "gradient norm",
+  grad_x_input: "gradient × input",
+  integrated_gradients: "integrated gradients",
+};
+
+const CSS = `
+.nbi-grad { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; position: relative; margin-top: 6px; }
+.nbi-grad .nbi-bar { display: flex; gap: 10px; align-items: center; margin-bottom: 6px; flex-wrap: wrap; }
+.nbi-grad select { font: inherit; }
+.nbi-grad .nbi-note { color: #666; }
+.nbi-grad .nbi-flags { color: #9467bd; }
+.nbi-grad .nbi-busy { color: #b35c00; visibility: hidden; }
+.nbi-grad.is-busy .nbi-busy { visibility: visible; }
+.nbi-grad canvas { display: block; cursor: default; }
+.nbi-grad .nbi-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96); border: 1px solid #bbb;
+  border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; }
+`;
+
+function make(tag, cls, parent) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+/** Signed scores: blue (negative) – white – red (positive); unsigned: white → red. */
+function colour(v, scale, signed) {
+  const t = scale > 0 ? Math.max(-1, Math.min(1, v / scale)) : 0;
+  const a = Math.sqrt(Math.abs(t)); // keep small attributions visible beside the largest
+  const [r, g, b] = signed && t < 0 ? [33, 102, 172] : [178, 24, 43];
+  const mix = (c) => Math.round(255 + (c - 255) * a);
+  return `rgb(${mix(r)}, ${mix(g)}, ${mix(b)})`;
+}
+
+async function render({ model, el: host }) {
+  const sel = await bindSelection(model);
+  const root = make("div", "nbi-grad", host);
+  make("style", null, root).textContent = CSS;
+  const bar = make("div", "nbi-bar", root);
+  make("span", null, bar).textContent = "Attribution:";
+  const pick = make("select", null, bar);
+  for (const [value, label] of Object.entries(METHODS)) {
+    const o = make("option", null, pick);
+    o.value = value;
+    o.textContent = label;
+  }
+  const note = make("span", "nbi-note", bar);
+  const busy = make("span", "nbi-busy", bar);
+  busy.textContent = "computing…";
+  const flagLine = make("div", "nbi-flags", root);
+  const canvas = make("canvas", "nbi-tokens", root);
+  const tip = make("div", "nbi-tip", root);
+  let boxes = []; // [x, y, w, index] of each drawn token, for hit-testing
+  let frame = 0;
+
+  function layoutTokens(ctx, tokens) {
+    const out = [];
+    let x = 0;
+    let y = 0;
+    tokens.forEach((t, i) => {
+      const text = fitText(ctx, t, MAX_TOKEN_PX);
+      const w = Math.ceil(ctx.measureText(text).width) + 2 * PAD;
+      if (x + w > WIDTH && x > 0) {
+        x = 0;
+        y += ROW + 2;
+      }
+      out.push({ x, y, w, i, text });
+      x += w + 1;
+    });
+    return out;
+  }
+
+  function draw() {
+    frame = 0;
+    const tokens = model.get("tokens");
+    const method = model.get("method");
+    pick.value = method;
+    root.classList.toggle("is-busy", model.get("busy"));
+    const ready = model.get("scores_of") === method;
+    const scores = ready ? float32sOf(model.get("scores")) : new Float32Array(tokens.length);
+    let scale = 0;
+    for (const v of scores) scale = Math.max(scale, Math.abs(v));
+    const signed = method !== "grad_norm";
+    note.textContent = `${METHODS[method]} of the ${model.get("target")} for each input token` +
+      (signed ? " · red pushes it up, blue down" : "") + ` · largest |score| ${scale.toPrecision(3)}`;
+    const f = model.get("flags") || {};
+    const ratio = model.get("flag_ratio");
+    const parts = [];
+    if ((f.vanishing || []).length) parts.push(`vanishing (norm < median ÷ ${ratio}): layers ${f.vanishing.join(", ")}`);
+    if ((f.exploding || []).length) parts.push(`exploding (norm > median × ${ratio}): layers ${f.exploding.join(", ")}`);
+    flagLine.textContent = parts.length ? `⚑ ${parts.join(" · ")}` : `no layer's gradient norm is more than ×${ratio} from the median`;
+
+    const probe = canvas.getContext("2d");
+    probe.font = FONT;
+    const laid = layoutTokens(probe, tokens);
+    const height = (laid.length ? laid[laid.length - 1].y : 0) + ROW + 2;
+    const ctx = sizeCanvas(canvas, WIDTH, height);
+    ctx.font = FONT;
+    ctx.textBaseline = "middle";
+    const current = sel.get("token");
+    for (const b of laid) {
+      ctx.fillStyle = colour(scores[b.i] || 0, scale, signed);
+      ctx.fillRect(b.x, b.y, b.w, ROW);
+      if (b.i === current) {
+        ctx.strokeStyle = "#ff7f0e";
+        ctx.lineWidth = 2;
+        ctx.strokeRect(b.x + 1, b.y + 1, b.w - 2, ROW - 2);
+      }
+      ctx.fillStyle = "#111";
+      ctx.fillText(b.text, b.x + PAD, b.y + ROW / 2);
+    }
+    boxes = laid;
+    root.dataset.token = String(current);
+    root.dataset.method = ready ? method : "";
+    if (ready && root.dataset.painted !== method) {
+      root.dataset.painted = method;
+      model.set("painted", model.get("painted") + 1);
+      model.save_changes();
+    }
+  }
+  const schedule = () => {
+    if (!frame) frame = requestAnimationFrame(draw);
+  };
+
+  pick.addEventListener("change", () => {
+    model.set("method", pick.value);
+    model.save_changes();
+    schedule();
+  });
+  canvas.addEventListener("mousemove", (evt) => {
+    const r = canvas.getBoundingClientRect();
+    const x = evt.clientX - r.left;
+    const y = evt.clientY - r.top;
+    const hit = boxes.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + ROW);
+    if (!hit) {
+      tip.style.display = "none";
+      return;
+    }
+    sel.set({ token: hit.i }, { throttle: true });
+    const scores = float32sOf(model.get("scores"));
+    tip.textContent = `${JSON.stringify(model.get("tokens")[hit.i])} #${hit.i}\n${METHODS[model.get("method")]}: ${(scores[hit.i] ?? NaN).toExponential(3)}`;
+    tip.style.display = "block";
+    const box = root.getBoundingClientRect();
+    tip.style.left = `${evt.clientX - box.left + 12}px`;
+    tip.style.top = `${evt.clientY - box.top + 12}px`;
+  });
+  canvas.addEventListener("mouseleave", () => {
+    tip.style.display = "none";
+    sel.set({ token: -1 }, { throttle: true });
+  });
+
+  const keys = ["scores", "scores_of", "method", "busy", "flags", "tokens"];
+  for (const k of keys) model.on(`change:${k}`, schedule);
+  sel.on(schedule);
+  draw();
+  return () => {
+    if (frame) cancelAnimationFrame(frame);
+    for (const k of keys) model.off(`change:${k}`, schedule);
+    sel.off(schedule);
+  };
+}
+
+export default { render };

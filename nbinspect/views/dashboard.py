@@ -1,0 +1,71 @@
+"""Dashboard: attention, neurons, gradients and the perturbation sliders for one text, linked.
+
+All views share one :class:`Selection`: a click or hover in any of them refocuses the others in the
+browser at once, and Python reads or sets ``dashboard.selection``. The sliders follow the selection
+too, so the head or neuron picked in a view is the one the sliders scale.
+"""
+
+from __future__ import annotations
+
+import ipywidgets
+
+from ..adapters import Adapter, ModelParts
+from ..inputs import encode
+from .attention_view import attention
+from .gradient_view import gradient_flow
+from .perturb_panel import sliders
+from .selection import Selection
+
+
+class Dashboard(ipywidgets.VBox):
+    """The linked views of one model and text. Attributes: ``selection``, ``attention``,
+    ``neurons`` (``None`` for models without a single MLP down projection), ``gradients``,
+    ``perturb`` (``None`` when built with ``perturb=False``)."""
+
+    def __init__(self, model, tokenizer, text: str, *, perturb: bool = True, parts: ModelParts | None = None):
+        adapter = Adapter.of(model, parts)
+        encode(tokenizer, text, adapter)  # refuse bad text before building anything
+        self.selection = Selection()
+        common = dict(selection=self.selection, parts=parts)
+        self.attention = attention(model, tokenizer, text, **common)
+        self.neurons = None
+        if adapter.parts.neurons is not None:
+            from .neuron_view import neurons
+
+            self.neurons = neurons(model, tokenizer, text, **common)
+        self.gradients = gradient_flow(model, tokenizer, text, **common)
+        self.perturb = None
+        children = [self._heading("Attention"), self.attention]
+        if self.neurons is not None:
+            children += [self._heading("MLP neurons"), self.neurons]
+        children += [self._heading("Gradients"), self.gradients]
+        if perturb:
+            self.perturb = sliders(model, tokenizer, text, views=[self.attention], show_views=False, parts=parts)
+            self._follow_selection()
+            children += [self._heading("Perturb and recompute"), self.perturb]
+        super().__init__(children=children)
+
+    @staticmethod
+    def _heading(text: str) -> ipywidgets.Label:
+        # Label, not HTML: nothing user-provided is ever parsed as markup.
+        return ipywidgets.Label(text, style={"font_weight": "bold", "font_size": "14px"})
+
+    def _follow_selection(self) -> None:
+        """The head and neuron picked in a view become the ones the sliders act on."""
+        panel, sel = self.perturb, self.selection
+
+        def moved(change=None):
+            with panel.hold_trait_notifications():
+                panel.head_layer.value = sel.layer
+                panel.head.value = sel.head
+                if sel.neuron >= 0 and not panel.neuron.disabled:
+                    panel.neuron_layer.value = sel.layer
+                    panel.neuron.value = sel.neuron
+
+        sel.observe(moved, ["layer", "head", "neuron"])
+        moved()
+
+
+def inspect(model, tokenizer, text: str, *, perturb: bool = True, parts: ModelParts | None = None) -> Dashboard:
+    """Attention, neurons, gradients and perturbation sliders for ``text``, linked by one Selection."""
+    return Dashboard(model, tokenizer, text, perturb=perturb, parts=parts)

@@ -1,0 +1,235 @@
+"""GradientView: where the gradient goes, layer by layer, and which input tokens it comes back to.
+
+Two parts, one view:
+
+- a chart (altair ``JupyterChart``, rendered offline from vl-convert's bundled vega) of the gradient
+  norm per layer and per module type (attention, MLP, norm, embedding) on a log scale, with layers
+  flagged whose total norm is more than ``FLAG_RATIO`` times below (vanishing) or above (exploding)
+  the median layer's; clicking a point selects that layer in the shared :class:`Selection`;
+- the input tokens coloured by attribution (gradient norm, gradient × input, integrated gradients),
+  switchable in the browser; integrated gradients are computed only when asked for.
+
+The chart carries one number per layer and module type (a few hundred at most), the only floats
+nbinspect ever sends as JSON; token scores travel as float32 bytes.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import altair as alt
+import anywidget
+import ipywidgets
+import torch
+import traitlets
+
+from .. import codecs
+from ..adapters import Adapter, ModelParts
+from ..gradients import METHODS, GradientNorms, gradient_norms, saliency
+from ..inputs import encode, token_strings
+from ._bundle import bundle
+from .selection import Selection, link_focus
+
+#: A layer is flagged when its gradient norm is this many times below or above the median layer's.
+FLAG_RATIO = 10.0
+#: Steps of integrated gradients (midpoint rule); each is a forward and a backward pass.
+IG_STEPS = 16
+PART_ORDER = ["attention", "mlp", "norm", "embedding"]
+
+
+def _part_of(module_name: str, module, attention_prefixes: tuple[str, ...]) -> str:
+    if "norm" in type(module).__name__.lower():
+        return "norm"
+    if module_name.startswith(attention_prefixes):
+        return "attention"
+    return "mlp"
+
+
+def norms_by_part(adapter: Adapter, norms: GradientNorms) -> list[dict]:
+    """One row per (layer, module type): ``{"layer", "part", "norm"}``; the embedding is layer -1,
+    the final norm layer ``n_layers``. Norms of a type combine as sqrt(sum of squares)."""
+    model = adapter.model
+    owner = {}  # id(param) -> (layer, part)
+    for i, block in enumerate(adapter.layers):
+        first = lambda path: path.split(".")[0] + "."  # noqa: E731 - the block's child holding that part
+        prefixes = tuple({first(adapter.parts.attention), first(adapter.parts.attention_output)})
+        for name, module in block.named_modules():
+            for p in module.parameters(recurse=False):
+                owner.setdefault(id(p), (i, _part_of(name + ".", module, prefixes)))
+    for module, layer, part in ((adapter.embedding(), -1, "embedding"), (adapter.final_norm(), adapter.n_layers, "norm")):
+        if module is not None:
+            for p in module.parameters():
+                owner.setdefault(id(p), (layer, part))
+    squares: dict[tuple[int, str], float] = {}
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or id(p) not in owner or name not in norms.parameters:
+            continue
+        seen.add(id(p))
+        key = owner[id(p)]
+        squares[key] = squares.get(key, 0.0) + float(norms.parameters[name]) ** 2
+    return [{"layer": layer, "part": part, "norm": value**0.5} for (layer, part), value in sorted(squares.items())]
+
+
+def flag_layers(layer_norms: list[float]) -> dict[str, list[int]]:
+    """Layers whose norm is ``FLAG_RATIO`` times below or above the median layer norm."""
+    positive = [v for v in layer_norms if v > 0]
+    if not positive:
+        return {"vanishing": list(range(len(layer_norms))), "exploding": []}
+    median = statistics.median(positive)
+    return {
+        "vanishing": [i for i, v in enumerate(layer_norms) if v < median / FLAG_RATIO],
+        "exploding": [i for i, v in enumerate(layer_norms) if v > median * FLAG_RATIO],
+    }
+
+
+def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> alt.LayerChart:
+    alt.JupyterChart.enable_offline()  # vega from vl-convert: nothing is fetched at render time
+    data = alt.Data(values=[r for r in rows if r["norm"] > 0])  # a log scale cannot show zeros
+    pick = alt.selection_point(name="layer_pick", fields=["layer"], on="click", clear=False)
+    current = alt.param(name="current", value=0)
+    x = alt.X("layer:Q", title="layer (−1: embedding)", scale=alt.Scale(domain=[-1, n_layers]), axis=alt.Axis(tickMinStep=1))
+    y = alt.Y("norm:Q", title="gradient norm (log scale)", scale=alt.Scale(type="log"))
+    color = alt.Color("part:N", title="module", scale=alt.Scale(domain=PART_ORDER))
+    base = alt.Chart(data).encode(x=x, y=y, color=color)
+    lines = base.mark_line(opacity=0.7)
+    points = base.mark_circle(size=70, cursor="pointer").encode(
+        tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("part:N", title="module"), alt.Tooltip("norm:Q", format=".3e")]
+    ).add_params(pick)
+    marks = [
+        {"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]
+    ]
+    flag_rules = (
+        alt.Chart(alt.Data(values=marks or [{"layer": -99, "flag": "none"}]))
+        .mark_rule(strokeDash=[4, 3], strokeWidth=2)
+        .encode(x="layer:Q", color=alt.Color("flag:N", scale=alt.Scale(domain=["vanishing", "exploding", "none"], range=["#9467bd", "#d62728", "transparent"]), legend=alt.Legend(title=f"flag (×{FLAG_RATIO:g} from median)")))
+    )
+    current_rule = (
+        alt.Chart(alt.Data(values=[{"layer": i} for i in range(n_layers)]))
+        .mark_rule(color="#ff7f0e", strokeWidth=8, opacity=0.25)
+        .encode(x="layer:Q")
+        .transform_filter(alt.datum.layer == current)
+        .add_params(current)
+    )
+    return alt.layer(current_rule, flag_rules, lines, points).properties(width=560, height=240, title=title)
+
+
+class TokenAttribution(anywidget.AnyWidget):
+    """The token strip of a GradientView: input tokens coloured by attribution score."""
+
+    _esm = bundle("gradient_view")
+
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
+    #: One of ``gradients.METHODS``; switching to integrated gradients computes them on the spot.
+    method = traitlets.Unicode("grad_x_input").tag(sync=True)
+    #: float32 [tokens] scores of ``method`` (signed for gradient × input and integrated gradients).
+    scores = traitlets.Bytes(b"").tag(sync=True)
+    scores_of = traitlets.Unicode("").tag(sync=True)
+    target = traitlets.Unicode("").tag(sync=True)
+    flags = traitlets.Dict().tag(sync=True)
+    flag_ratio = traitlets.Float(FLAG_RATIO).tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+    painted = traitlets.Int(0).tag(sync=True)
+
+    @traitlets.validate("method")
+    def _valid_method(self, proposal):
+        if proposal["value"] not in METHODS:
+            raise traitlets.TraitError(f"unknown attribution method {proposal['value']!r}; choose one of {', '.join(METHODS)}.")
+        return proposal["value"]
+
+
+class GradientView(ipywidgets.VBox):
+    """Gradient norms across depth (chart) and per-token attribution (strip), linked by a Selection."""
+
+    def __init__(self, adapter: Adapter, inputs, tokens: list[str], target="loss", selection: Selection | None = None):
+        self._adapter = adapter
+        self._inputs = inputs
+        self._target = target
+        # Attribution explains the predicted next token where there is one, else the same target.
+        self._attribution_target = None if target == "loss" else target
+        self.norms = gradient_norms(adapter.model, inputs, target, parts=adapter.parts)
+        layer_norms = [float(v) for v in self.norms.layers]
+        self.rows = norms_by_part(adapter, self.norms)
+        flags = flag_layers(layer_norms)
+        self.selection = (selection or Selection()).bound_to(n_tokens=len(tokens), n_layers=adapter.n_layers)
+        what = "LM loss" if target == "loss" else ("a function of the output" if callable(target) else f"logit of token {target}")
+        self.chart = alt.JupyterChart(norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {what}, per layer"))
+        self.strip = TokenAttribution(
+            tokens=codecs.clip_tokens(tokens), selection=self.selection, flags=flags, target=what
+        )
+        self._scores: dict[str, torch.Tensor] = {}
+        super().__init__(children=[self.chart, self.strip])
+        self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
+        self.selection.observe(self._layer_moved, ["layer"])
+        self.strip.observe(self._method_changed, ["method"])
+        self.chart.params.current = self.selection.layer
+        self._send_scores()
+
+    @property
+    def flags(self) -> dict[str, list[int]]:
+        return dict(self.strip.flags)
+
+    @property
+    def method(self) -> str:
+        return self.strip.method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.strip.method = value
+
+    def scores(self, method: str | None = None) -> torch.Tensor:
+        """Attribution per token for ``method`` (default: the one shown), float32 on the host."""
+        method = method or self.strip.method
+        if method not in self._scores:
+            self._scores[method] = saliency(
+                self._adapter.model, self._inputs, self._attribution_target, method=method, steps=IG_STEPS, progress=False, parts=self._adapter.parts
+            )[0].float().cpu()
+        return self._scores[method]
+
+    def _send_scores(self) -> None:
+        method = self.strip.method
+        self.strip.busy = True
+        try:
+            values = self.scores(method)
+            with self.strip.hold_sync():
+                self.strip.scores = codecs.float32_bytes(values)
+                self.strip.scores_of = method
+        finally:
+            self.strip.busy = False
+
+    def _method_changed(self, change) -> None:
+        self._send_scores()
+
+    def _chart_clicked(self, change) -> None:
+        picked = change["new"].value if change["new"] is not None else None
+        layers = [p.get("layer") for p in picked or [] if isinstance(p, dict)]
+        if layers and layers[0] is not None and 0 <= int(layers[0]) < self._adapter.n_layers:
+            self.selection.layer = int(layers[0])
+
+    def _layer_moved(self, change) -> None:
+        self.chart.params.current = change["new"]
+
+
+def _default_target(model):
+    """The LM loss for models with an LM head; otherwise the norm of the first token's final state."""
+    if getattr(model, "get_output_embeddings", lambda: None)() is not None:
+        return "loss"
+
+    def first_token_state_norm(output):
+        return output.last_hidden_state[:, 0].norm()
+
+    return first_token_state_norm
+
+
+def gradient_flow(model, tokenizer, text: str, *, target=None, selection: Selection | None = None, parts: ModelParts | None = None) -> GradientView:
+    """Show gradient norms across depth and per-token attribution for ``text``.
+
+    ``target``: ``"loss"`` (the default for language models), a token id (its logit at the last
+    position) or a function of the model output returning a scalar. The model's training flag,
+    ``requires_grad`` flags and ``.grad`` fields are left as they were.
+    """
+    adapter = Adapter.of(model, parts)
+    inputs = encode(tokenizer, text, adapter)
+    tokens = token_strings(tokenizer, inputs["input_ids"])
+    return GradientView(adapter, inputs, tokens, target=_default_target(model) if target is None else target, selection=selection)
