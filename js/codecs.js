@@ -20,3 +20,15 @@ export function float32sOf(v) {
 export function dequantize(q, scale) {
   return (q * scale) / 255;
 }
+
+/** Little-endian int32 values (codecs.int32_bytes). Copies when the buffer is unaligned. */
+export function int32sOf(v) {
+  const b = bytesOf(v);
+  if (b.byteOffset % 4 === 0) return new Int32Array(b.buffer, b.byteOffset, b.byteLength >> 2);
+  return new Int32Array(b.slice().buffer);
+}
+
+/** Inverse of codecs.quantize_signed: a uint8 with 128 = 0, in a column whose largest |value| is `scale`. */
+export function dequantizeSigned(q, scale) {
+  return ((q - 128) * scale) / 127;
+}

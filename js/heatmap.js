@@ -70,3 +70,44 @@ export function fitText(ctx, text, maxWidth) {
   }
   return shown.slice(0, lo) + "…";
 }
+
+// Diverging ramp for signed values (uint8 with 128 = 0, see codecs.quantize_signed): blue below zero,
+// white at zero, red above (ColorBrewer "RdBu" end stops). Shade ∝ √(|value| / scale), like the
+// sequential ramp: activations are heavy-tailed, and a square root keeps the typical ones visible.
+const NEG = [33, 102, 172];
+const POS = [178, 24, 43];
+export const DIVERGING_LUT = (() => {
+  const lut = new Uint8Array(256 * 3);
+  for (let i = 0; i < 256; i++) {
+    const t = Math.sqrt(Math.min(1, Math.abs(i - 128) / 127));
+    const end = i < 128 ? NEG : POS;
+    for (let c = 0; c < 3; c++) lut[i * 3 + c] = Math.round(255 * (1 - t) + end[c] * t);
+  }
+  return lut;
+})();
+
+/** CSS colour of one signed uint8 value (for drawing single boxes, e.g. behind a token). */
+export function divergingColor(q) {
+  const k = Math.max(0, Math.min(255, q)) * 3;
+  return `rgb(${DIVERGING_LUT[k]}, ${DIVERGING_LUT[k + 1]}, ${DIVERGING_LUT[k + 2]})`;
+}
+
+/** Like mapImage, through the diverging ramp: `bytes` are signed uint8 values, row-major, width × height. */
+export function divergingImage(bytes, width, height) {
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, width);
+  canvas.height = Math.max(1, height);
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(canvas.width, canvas.height);
+  const px = img.data;
+  const n = Math.min(bytes.length, width * height);
+  for (let i = 0; i < n; i++) {
+    const q = bytes[i] * 3;
+    px[i * 4] = DIVERGING_LUT[q];
+    px[i * 4 + 1] = DIVERGING_LUT[q + 1];
+    px[i * 4 + 2] = DIVERGING_LUT[q + 2];
+    px[i * 4 + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  return canvas;
+}

@@ -84,3 +84,49 @@ def float32_bytes(t: torch.Tensor) -> bytes:
 
 def clip_tokens(tokens: list[str]) -> list[str]:
     return [t if len(t) <= MAX_TOKEN_CHARS else t[: MAX_TOKEN_CHARS - 1] + "…" for t in tokens]
+
+
+# --- signed values (MLP neuron activations) ----------------------------------------------------
+# Activations are signed, so they travel as uint8 with 128 meaning 0: ``q = 128 + round(a / scale * 127)``
+# (1..255) and decode as ``(q - 128) * scale / 127``, with ``scale`` = the largest |a| of the column (or
+# map) they belong to. Every decoded value is within ``scale / 254`` of the true value.
+
+#: Neurons shown side by side in NeuronView's heatmap by default, and the most it will show. Columns are
+#: drawn ≥ 8 px wide in a ~480 px heatmap, so 64 is about what a screen can tell apart.
+NEURON_TOP_K = 32
+NEURON_TOP_K_MAX = 64
+#: Token rows of NeuronView's heatmap; longer texts are pooled (per block of tokens, the value with the
+#: largest |a|, sign kept) to this many rows: about the pixel height of the heatmap.
+NEURON_HEATMAP_MAX_ROWS = 512
+#: Bins of the per-layer activation histogram (a ~420 px wide chart: ≥ 4 px per bar at 96 bins).
+HISTOGRAM_BINS = 96
+#: All layers' neuron activations of one text stay on the model's device (float32, for exact statistics
+#: and instant layer changes) while they fit in this budget; past it only the shown layer is kept and
+#: another layer is recomputed by a forward that captures that one layer. SmolLM2 (30 × 1536 neurons)
+#: needs 23.6 MB at 128 tokens and 189 MB at 1024.
+NEURON_CACHE_MAX_BYTES = 256 * 2**20
+
+
+def quantize_signed(values: torch.Tensor, dim=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 values with 128 = 0 and one float32 scale (largest |value|) per slice, on the values' device.
+
+    ``dim``: the dimension(s) each scale covers (``None``: one scale for everything; ``0`` for an
+    ``[rows, columns]`` map: one scale per column). Error bound: ``scale / 254`` (see above).
+    """
+    x = values.float()
+    scale = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = (torch.round(x / safe * 127.0) + 128).clamp_(1, 255).to(torch.uint8)
+    return q, (scale if dim is None else scale.squeeze(dim))
+
+
+def dequantize_signed(q: torch.Tensor | np.ndarray, scale) -> torch.Tensor:
+    """Inverse of :func:`quantize_signed` (what the browser computes); ``scale`` broadcasts against ``q``
+    (a scalar, or one per column of an ``[rows, columns]`` map)."""
+    q = q.float() if isinstance(q, torch.Tensor) else torch.from_numpy(np.array(q, dtype=np.float32))
+    scale = scale.float() if isinstance(scale, torch.Tensor) else torch.as_tensor(np.array(scale, dtype=np.float32))
+    return (q - 128.0) * (scale / 127.0)
+
+
+def int32_bytes(t: torch.Tensor) -> bytes:
+    return to_bytes(t.to(torch.int32))
