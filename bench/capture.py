@@ -8,6 +8,9 @@ Prints one line per figure, ``name value unit``:
   activations and the residual stream before and after the block. Patterns are kept as **float16** on
   the device (half of float32's 4.5 GB at 2048 tokens; views quantize to 8 bits anyway); neurons and the
   residual stream stay float32.
+- ``capture_fast_overhead_N``: the same full capture with ``Request(exact=False)``: captured layers take
+  their attention output from the weights computed for the capture (eager's math) instead of also
+  running sdpa, so outputs differ from sdpa's in the last bits, as eager's do.
 - ``eager_attentions_overhead_N``: the same ratio for HF eager attention with ``output_attentions=True``
   (all layers' float32 patterns), the anchor.
 - ``capture_peak_mb_N`` / ``eager_attentions_peak_mb_N``: peak resident memory of that forward above the
@@ -46,7 +49,8 @@ import nbinspect  # noqa: E402
 from nbinspect import Request  # noqa: E402
 from nbinspect.reductions import by_layer, head_summary  # noqa: E402
 
-CONFIGS = ("plain", "capture", "eager", "summary")
+CONFIGS = ("plain", "capture", "capture_fast", "eager", "summary")
+TIMED = ("plain", "capture", "capture_fast", "eager")
 SUMMARY_FULL_LAYER = 15  # the one layer whose full pattern the long-input path keeps
 
 
@@ -61,8 +65,8 @@ def forward(model, ids, config: str):
                 return model(input_ids=ids, output_attentions=True)
             finally:
                 model.set_attn_implementation("sdpa")
-        if config == "capture":
-            attention = Request(dtype=torch.float16)
+        if config.startswith("capture"):
+            attention = Request(dtype=torch.float16, exact=config == "capture")
             kinds = dict(attention=attention, neurons=True, residual=True)
         else:
             kinds = dict(attention=Request(reduce=by_layer(head_summary, {SUMMARY_FULL_LAYER: None})))
@@ -135,9 +139,9 @@ def main(sizes, repeats: int, device: str) -> None:
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
         ids = torch.randint(100, 40000, (1, n), generator=gen).to(device)
-        for config in ("plain", "capture", "eager"):
+        for config in TIMED:
             timed(model, ids[:, : min(n, 32)], config)  # warm every path once
-        times = {c: [] for c in ("plain", "capture", "eager")}
+        times = {c: [] for c in TIMED}
         rounds = repeats if n <= 512 else max(1, repeats - 1)  # 2048 tokens on a CPU takes a while
         for _ in range(rounds):
             for config in times:
@@ -145,6 +149,7 @@ def main(sizes, repeats: int, device: str) -> None:
         plain = statistics.median(times["plain"])
         print(f"plain_forward_s_{n}{suffix} {plain:.3f} s", flush=True)
         print(f"capture_overhead_{n}{suffix} {statistics.median(times['capture']) / plain:.3f} x", flush=True)
+        print(f"capture_fast_overhead_{n}{suffix} {statistics.median(times['capture_fast']) / plain:.3f} x", flush=True)
         print(f"eager_attentions_overhead_{n}{suffix} {statistics.median(times['eager']) / plain:.3f} x", flush=True)
         print(f"capture_peak_mb_{n}{suffix} {peak('capture', n, device):.0f} MB", flush=True)
         print(f"eager_attentions_peak_mb_{n}{suffix} {peak('eager', n, device):.0f} MB", flush=True)

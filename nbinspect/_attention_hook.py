@@ -7,7 +7,7 @@ implementation name. The wrapper calls the very function the model would have ca
 unchanged bit for bit; only for modules someone listens to does it also compute
 ``softmax(q kᵀ · scale + mask)`` in float32, exactly as eager attention does (grouped KV heads
 repeated, causal mask rebuilt when sdpa was given none). The wrapper is removed when the last capture
-ends, on exceptions too.
+ends, on exceptions too. A capture may waive bit-identity for speed (``exact=False``, see `listening`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ except ImportError:  # pragma: no cover - older transformers
 Listener = Callable[[torch.Tensor], None]
 
 _lock = threading.RLock()
-# id(attention module) -> (callback receiving [batch, heads, q, k], the dtype to hand it over in)
-_listeners: dict[int, tuple[Listener, torch.dtype]] = {}
+# id(attention module) -> (callback receiving [batch, heads, q, k], the dtype to hand it over in,
+# whether the model's own attention function must still compute the output: see `listening`)
+_listeners: dict[int, tuple[Listener, torch.dtype, bool]] = {}
 _installed: dict[str, tuple[bool, object]] = {}  # implementation name -> (had local entry, previous entry)
 _users: dict[str, int] = {}
 
@@ -50,12 +51,14 @@ _BLOCK_VALUES = 1 << 22
 
 
 def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None):
     """Eager attention probabilities, shape [batch, heads, q, k], from post-rotary q and k.
 
     Computed in float32 like eager attention and stored as ``dtype``. Written for long inputs: query rows
     go a block at a time into the one output tensor (so no second n x n float32 copy ever exists), a
     causal block only computes the keys it can see (half the work), and grouped KV heads are never copied.
+    Given ``value``, also returns eager's attention output ``[batch, q, heads, head_dim]``, computed from
+    each block while it is at hand: ``(weights, output)``.
     """
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -77,6 +80,9 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     if causal:
         mask = _causal_mask(q_len, k_len, query.device)
     out = torch.empty(batch, heads, q_len, k_len, dtype=dtype, device=query.device)
+    if value is not None:
+        v = value.reshape(batch * kv_heads, k_len, value.shape[-1])
+        output = torch.empty(batch, kv_heads, n_rep, q_len, value.shape[-1], dtype=value.dtype, device=value.device)
     block = max(1, _BLOCK_VALUES // (batch * heads * k_len))
     for start in range(0, q_len, block):
         stop = min(start + block, q_len)
@@ -86,9 +92,15 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
         scores = torch.bmm(rows, k_t[:, :, :visible]).view(batch, heads, stop - start, visible)
         if mask is not None:
             scores.add_(mask[..., start:stop, :visible])
-        out[:, :, start:stop, :visible] = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(scores, dim=-1)
+        out[:, :, start:stop, :visible] = probs
         if visible < k_len:
             out[:, :, start:stop, visible:] = 0
+        if value is not None:
+            rows_out = torch.bmm(probs.view(batch * kv_heads, -1, visible).to(v.dtype), v[:, :visible])
+            output[:, :, :, start:stop] = rows_out.view(batch, kv_heads, n_rep, stop - start, -1)
+    if value is not None:
+        return out, output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
     return out
 
 
@@ -109,13 +121,34 @@ def _causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
+# Attention-function arguments that change the math beyond softmax(q kᵀ · scale + mask) v; with any of
+# them set, a fast capture falls back to running the model's own function.
+_UNUSUAL = ("softcap", "s_aux", "sinks", "sliding_window")
+
+
+def _can_replace(query, args, kwargs) -> bool:
+    """Whether eager's math, as computed here, may stand in for the model's own attention function."""
+    if args or kwargs.get("dropout", 0.0) or any(kwargs.get(name) is not None for name in _UNUSUAL):
+        return False
+    # The blocks are written in place, which autograd cannot follow.
+    return not (torch.is_grad_enabled() and query.requires_grad)
+
+
 def _wrapper(name: str, original: Callable | None) -> Callable:
     def capturing_attention(module, query, key, value, attention_mask, *args, **kwargs):
         fn = original if original is not None else _module_eager(module)
-        out = fn(module, query, key, value, attention_mask, *args, **kwargs)
         entry = _listeners.get(id(module))
+        if entry is not None and not entry[2] and original is not None and _can_replace(query, args, kwargs):
+            listener, dtype, _ = entry
+            with torch.no_grad():
+                weights, output = attention_weights(
+                    module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype, value
+                )
+            listener(weights)
+            return output, None
+        out = fn(module, query, key, value, attention_mask, *args, **kwargs)
         if entry is not None:
-            listener, dtype = entry
+            listener, dtype, _ = entry
             weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
             with torch.no_grad():
                 if weights is None or weights.dtype != torch.float32:
@@ -153,14 +186,22 @@ def implementation_of(model: nn.Module) -> str:
 
 
 class listening:
-    """Context manager: call ``listeners[module]`` with each attention module's weights (as ``dtype``) while active."""
+    """Context manager: call ``listeners[module]`` with each attention module's weights (as ``dtype``) while active.
 
-    def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener], dtype: torch.dtype = torch.float32):
+    ``exact=False`` lets a listened-to module skip its own (sdpa, flash...) attention function and use the
+    output computed alongside the weights, eager's math: about half the cost at long inputs, with outputs
+    that differ from sdpa's in the last bits, as eager's do. Under autograd, with dropout or with
+    arguments such as a sliding window or soft-capping, the module's own function runs regardless.
+    """
+
+    def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener], dtype: torch.dtype = torch.float32,
+                 exact: bool = True):
         if ALL_ATTENTION_FUNCTIONS is None:
             raise RuntimeError("capturing attention needs transformers >= 4.48 (its attention-function registry).")
         self.name = implementation_of(model)
         self.listeners = listeners
         self.dtype = dtype
+        self.exact = exact
 
     def __enter__(self):
         with _lock:
@@ -171,7 +212,7 @@ class listening:
                 _install(self.name)
             _users[self.name] = _users.get(self.name, 0) + 1
             for module, fn in self.listeners.items():
-                _listeners[id(module)] = (fn, self.dtype)
+                _listeners[id(module)] = (fn, self.dtype, self.exact)
         return self
 
     def __exit__(self, *exc):

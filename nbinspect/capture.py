@@ -20,7 +20,8 @@ What each request records, per layer (``[batch, position, ...]`` unless said oth
   have none.
 
 Memory follows the request: a layer that was not asked for gets no hook, and a ``reduce`` runs as soon
-as its tensor exists, so e.g. per-head summaries of every layer cost a few numbers per head, not n².
+as its tensor exists, so e.g. per-head summaries of every layer cost a few numbers per head, not n²
+(see :mod:`nbinspect.reductions`); ``Request(dtype=torch.float16)`` keeps full patterns at half the size.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from . import _attention_hook
 from .adapters import Adapter, ModelParts
 
 Reduce = Callable[[int, Any], Any]
-KINDS = ("attention", "heads", "neurons", "residual", "router")
 _GRADIENT_KINDS = ("heads", "neurons", "residual")
 
 
@@ -51,11 +51,17 @@ class Request:
     dtype: keep tensors in this dtype (e.g. ``torch.float16`` halves a full attention capture);
         attention is still computed in float32 and written straight into the smaller tensor, so no
         float32 copy of a whole pattern ever exists. Applied before ``reduce``.
+    exact: attention only. ``True`` (default) leaves every output of the model bit-identical: the
+        weights are computed next to the model's own sdpa/flash call. ``False`` lets a captured layer use
+        the output computed from those weights instead (eager's math; about half the cost at long
+        inputs, outputs differ from sdpa's in the last bits as eager's do). Without effect under
+        autograd, where the model's own function always runs.
     """
 
     layers: Sequence[int] | None = None
     reduce: Reduce | None = None
     dtype: torch.dtype | None = None
+    exact: bool = True
 
 
 def _as_request(value) -> Request | None:
@@ -263,7 +269,7 @@ class capture:
         if self.requests["attention"] is not None:
             request, layers = self.requests["attention"]
             listeners = {a.attention(i): self._store("attention", i, request, cast=False) for i in layers}
-            self._listening = _attention_hook.listening(self.model, listeners, request.dtype or torch.float32)
+            self._listening = _attention_hook.listening(self.model, listeners, request.dtype or torch.float32, request.exact)
             self._listening.__enter__()
         if self.requests["heads"] is not None:
             request, layers = self.requests["heads"]

@@ -341,3 +341,29 @@ def test_long_causal_input_is_computed_in_blocks(monkeypatch):
     full = _eager(model, ids).attentions
     for i in range(3):
         torch.testing.assert_close(record.attention[i], full[i], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inexact_capture_uses_eager_math_for_the_output(family):
+    model = tiny(family)
+    ids = _ids()
+    with torch.no_grad():
+        plain = model(input_ids=ids)[0]
+    with capture(model, attention=Request(exact=False)) as record, torch.no_grad():
+        fast = model(input_ids=ids)[0]
+    ref = _eager(model, ids)
+    torch.testing.assert_close(fast, ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    for i in range(3):
+        torch.testing.assert_close(record.attention[i], ref.attentions[i], rtol=0, atol=1e-5)
+
+
+def test_inexact_capture_under_autograd_runs_the_models_own_attention():
+    model = tiny("llama")
+    ids = _ids()
+    plain = model(input_ids=ids).logits
+    with capture(model, attention=Request(exact=False)):
+        logits = model(input_ids=ids).logits
+    assert torch.equal(logits, plain)
+    logits.sum().backward()  # the graph is intact
+    model.zero_grad(set_to_none=True)
