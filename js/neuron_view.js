@@ -5,11 +5,11 @@ import { bytesOf, dequantizeSigned, float32sOf, int32sOf } from "./codecs.js";
 import { divergingColor, divergingImage, fitText, sizeCanvas } from "./heatmap.js";
 import { bindSelection } from "./selection.js";
 
-const HEAT_W = 480; // most width the neuron columns take
+const HEAT_W = 400; // most width the neuron columns take (the whole view fits a ~900 px output area)
 const HEAT_H = 560; // most height the token rows take
 const LABEL_PX = 84; // token labels left of the heatmap
 const TOP_PX = 44; // neuron numbers above it
-const SIDE_W = 420; // text strip and histogram
+const SIDE_W = 380; // text strip and histogram
 const HIST_H = 150;
 const LINE_H = 20;
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -139,7 +139,7 @@ async function render({ model, el: host }) {
   function geometry() {
     const k = Math.max(1, indices().length);
     const rows = Math.max(1, get("heatmap_rows"));
-    const colW = Math.max(8, Math.min(28, Math.floor(HEAT_W / k)));
+    const colW = Math.max(6, Math.min(24, Math.floor(HEAT_W / k)));
     const rowH = Math.min(16, HEAT_H / rows);
     return { k, rows, colW, rowH, left: LABEL_PX, top: TOP_PX, block: get("heatmap_block"), labels: rowH >= 9 };
   }
@@ -175,7 +175,9 @@ async function render({ model, el: host }) {
     }
     // Neuron numbers, rotated, above their columns.
     ctx.textBaseline = "middle";
+    const every = Math.ceil(12 / g.colW); // narrow columns: number every few, and always the displayed one
     for (let j = 0; j < idx.length; j++) {
+      if (j % every && j !== c) continue;
       ctx.save();
       ctx.translate(g.left + (j + 0.5) * g.colW, g.top - 4);
       ctx.rotate(-Math.PI / 2);
