@@ -430,7 +430,8 @@ async function render({ model, el: host }) {
       const idx = Array.from(indices());
       if (!idx.length) return;
       const c = idx.indexOf(displayed());
-      const next = Math.max(0, Math.min(idx.length - 1, (c < 0 ? 0 : c) + (evt.key === "ArrowLeft" ? -1 : 1)));
+      // From a neuron outside the top-k, either arrow goes to the first column.
+      const next = c < 0 ? 0 : Math.max(0, Math.min(idx.length - 1, c + (evt.key === "ArrowLeft" ? -1 : 1)));
       setNeuron(idx[next]);
     } else return;
     evt.preventDefault();
