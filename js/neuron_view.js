@@ -302,9 +302,9 @@ async function render({ model, el: host }) {
     const note = get("saturation_note");
     const layerMax = get("max_abs");
     legend.textContent = [
-      `dead ${pct(get("dead_fraction"))} — |a| ≤ 10⁻³ × the layer's max |a| (${num(layerMax)}) at every token`,
-      sat < 0 ? note : `${pct(sat)} ${note}`,
-      `outliers ${pct(get("outlier_fraction"))} — max |a| > 10 × the median neuron's max |a|`,
+      `dead ${pct(get("dead_fraction"))} — |a| ≤ ${get("dead_threshold")} × the layer's max |a| (${num(layerMax)}) at every token`,
+      sat < 0 ? note : `saturated ${pct(sat)}${note.slice("saturated".length)}`,
+      `outliers ${pct(get("outlier_fraction"))} — max |a| > ${get("outlier_factor")} × the median neuron's max |a|`,
     ].join("\n");
   }
 

@@ -91,7 +91,7 @@ def test_saturation_of_a_bounded_activation():
     acts = view.activations()
     near = ((acts - 1).abs() <= 0.02) | ((acts + 1).abs() <= 0.02)  # 1 % of tanh's range of 2
     assert view.saturated_fraction == float(near.all(0).float().mean()) >= 8 / 128
-    assert "saturated: within" in view.saturation_note
+    assert view.saturation_note.startswith("saturated — within 1%")
 
 
 def test_signed_quantization_bound():

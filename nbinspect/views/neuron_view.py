@@ -202,6 +202,9 @@ class NeuronView(anywidget.AnyWidget):
     saturated_fraction = traitlets.Float(-1.0).tag(sync=True)
     saturation_note = traitlets.Unicode("").tag(sync=True)
     outlier_fraction = traitlets.Float(0.0).tag(sync=True)
+    #: The definitions' constants, sent so the legend states exactly what was computed.
+    dead_threshold = traitlets.Float(DEAD_THRESHOLD).tag(sync=True)
+    outlier_factor = traitlets.Float(OUTLIER_FACTOR).tag(sync=True)
     max_abs = traitlets.Float(0.0).tag(sync=True)
     #: Which layer and ranking the bytes above are for (the browser shows "loading" until they match).
     shown_layer = traitlets.Int(-1).tag(sync=True)
@@ -251,10 +254,11 @@ class NeuronView(anywidget.AnyWidget):
 
     def _saturation_note(self, adapter: Adapter) -> str:
         if self._bounds is not None:
-            return f"saturated: within {SATURATION_MARGIN:.0%} of a bound {self._bounds} at every token"
+            bounds = ", ".join(f"{b:g}" for b in self._bounds)
+            return f"saturated — within {SATURATION_MARGIN:.0%} of the activation's range of a bound ({bounds}) at every token"
         if adapter.parts.neurons and adapter.parts.neurons.endswith("down_proj"):
-            return "saturated: n/a (a gated MLP's act(gate)·up has no bound)"
-        return "saturated: n/a (the activation function has no upper bound)"
+            return "saturated — n/a (a gated MLP's act(gate)·up has no bound)"
+        return "saturated — n/a (the activation function has no upper bound)"
 
     # --- validation: a refused value loses nothing ----------------------------------------------
     @traitlets.validate("layer")
