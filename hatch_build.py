@@ -7,12 +7,17 @@ from pathlib import Path
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 ROOT = Path(__file__).parent
-BUNDLE = ROOT / "nbinspect" / "static" / "attention_view.js"
+STATIC = ROOT / "nbinspect" / "static"
+
+
+def bundles_missing() -> bool:
+    """True when any view in js/ has no bundle yet (an old static/ folder must not ship a partial set)."""
+    return any(not (STATIC / src.name).exists() for src in (ROOT / "js").glob("*_view.js"))
 
 
 class CustomBuildHook(BuildHookInterface):
     def initialize(self, version, build_data):
-        if BUNDLE.exists():
+        if not bundles_missing():
             return
         npm = shutil.which("npm")
         if npm is None:

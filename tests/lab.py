@@ -65,8 +65,17 @@ def jupyterlab(notebooks: dict[str, str] | None = None):
         shutil.copy(nb, root / nb.name)
     for name, text in (notebooks or {}).items():
         (root / name).write_text(text)
+    # Lab's "get notified about news?" toast would cover part of every screenshot: say no up front.
+    settings = root / ".lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(root / ".jupyter-config"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        JUPYTER_CONFIG_DIR=str(root / ".jupyter-config"),
+        JUPYTERLAB_SETTINGS_DIR=str(root / ".lab-settings"),
+    )
     jupyter = Path(sys.executable).parent / "jupyter"
     cmd = [
         str(jupyter), "lab", "--allow-root", "--no-browser",

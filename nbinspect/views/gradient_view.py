@@ -85,33 +85,43 @@ def flag_layers(layer_norms: list[float]) -> dict[str, list[int]]:
 
 def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> alt.LayerChart:
     alt.JupyterChart.enable_offline()  # vega from vl-convert: nothing is fetched at render time
-    data = alt.Data(values=[r for r in rows if r["norm"] > 0])  # a log scale cannot show zeros
-    pick = alt.selection_point(name="layer_pick", fields=["layer"], on="click", clear=False)
-    current = alt.param(name="current", value=0)
-    x = alt.X("layer:Q", title="layer (−1: embedding)", scale=alt.Scale(domain=[-1, n_layers]), axis=alt.Axis(tickMinStep=1))
+    x = alt.X("layer:Q", title="layer (−1: embedding)", scale=alt.Scale(domain=[-1.5, n_layers + 0.5], nice=False),
+              axis=alt.Axis(tickMinStep=1))
     y = alt.Y("norm:Q", title="gradient norm (log scale)", scale=alt.Scale(type="log"))
     color = alt.Color("part:N", title="module", scale=alt.Scale(domain=PART_ORDER))
-    base = alt.Chart(data).encode(x=x, y=y, color=color)
+    base = alt.Chart(alt.Data(values=[r for r in rows if r["norm"] > 0])).encode(x=x, y=y, color=color)  # log: no zeros
     lines = base.mark_line(opacity=0.7)
-    points = base.mark_circle(size=70, cursor="pointer").encode(
-        tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("part:N", title="module"), alt.Tooltip("norm:Q", format=".3e")]
+    points = base.mark_circle(size=60)
+
+    marks = [{"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]]
+    # Flag colours are fixed values, not a second colour scale, so the module legend stays the only one;
+    # the label at the top of each rule says which flag it is.
+    flag_colour = alt.condition(alt.datum.flag == "exploding", alt.value("#d62728"), alt.value("#9467bd"))
+    flags_base = alt.Chart(alt.Data(values=marks)).encode(x="layer:Q", color=flag_colour)
+    flag_rules = flags_base.mark_rule(strokeDash=[4, 3], strokeWidth=2, clip=True) + flags_base.mark_text(
+        y=-6, fontSize=11, clip=False
+    ).transform_calculate(mark="datum.flag == 'exploding' ? '▲' : '▼'").encode(text="mark:N")
+    # One column per layer, full height: a click anywhere in it picks the layer (no need to hit a
+    # point), its tooltip lists the layer's norms, and the selected layer's column is shaded.
+    by_layer: dict[int, dict] = {i: {"layer": i} for i in range(n_layers)}
+    for r in rows:
+        if 0 <= r["layer"] < n_layers:
+            by_layer[r["layer"]][r["part"]] = r["norm"]
+    pick = alt.selection_point(name="layer_pick", fields=["layer"], on="click", clear=False)
+    current = alt.param(name="current", value=0)
+    band = (
+        alt.Chart(alt.Data(values=list(by_layer.values())))
+        .transform_calculate(lo="datum.layer - 0.5", hi="datum.layer + 0.5")
+        .encode(x=alt.X("lo:Q"), x2="hi:Q")
+    )
+    shade = band.mark_rect(color="#ff7f0e", opacity=0.18).transform_filter(alt.datum.layer == current).add_params(current)
+    click = band.mark_rect(color="#000", opacity=0.001, cursor="pointer").encode(
+        tooltip=[alt.Tooltip("layer:Q", title="layer")]
+        + [alt.Tooltip(f"{p}:Q", title=p, format=".2e") for p in ("attention", "mlp", "norm")]
     ).add_params(pick)
-    marks = [
-        {"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]
-    ]
-    flag_rules = (
-        alt.Chart(alt.Data(values=marks or [{"layer": -99, "flag": "none"}]))
-        .mark_rule(strokeDash=[4, 3], strokeWidth=2)
-        .encode(x="layer:Q", color=alt.Color("flag:N", scale=alt.Scale(domain=["vanishing", "exploding", "none"], range=["#9467bd", "#d62728", "transparent"]), legend=alt.Legend(title=f"flag (×{FLAG_RATIO:g} from median)")))
-    )
-    current_rule = (
-        alt.Chart(alt.Data(values=[{"layer": i} for i in range(n_layers)]))
-        .mark_rule(color="#ff7f0e", strokeWidth=8, opacity=0.25)
-        .encode(x="layer:Q")
-        .transform_filter(alt.datum.layer == current)
-        .add_params(current)
-    )
-    return alt.layer(current_rule, flag_rules, lines, points).properties(width=560, height=240, title=title)
+    layers = [shade, flag_rules, lines, points, click] if marks else [shade, lines, points, click]
+    subtitle = f"▼ vanishing / ▲ exploding: a layer more than ×{FLAG_RATIO:g} below / above the median layer · click a layer to select it"
+    return alt.layer(*layers).properties(width=560, height=240, title=alt.Title(title, subtitle=subtitle))
 
 
 class TokenAttribution(anywidget.AnyWidget):
@@ -154,7 +164,10 @@ class GradientView(ipywidgets.VBox):
         flags = flag_layers(layer_norms)
         self.selection = (selection or Selection()).bound_to(n_tokens=len(tokens), n_layers=adapter.n_layers)
         what = "LM loss" if target == "loss" else ("a function of the output" if callable(target) else f"logit of token {target}")
-        self.chart = alt.JupyterChart(norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {what}, per layer"))
+        self.chart = alt.JupyterChart(
+            norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {what}, per layer"),
+            embed_options={"renderer": "canvas", "actions": False},  # canvas: no SVG element per mark
+        )
         self.strip = TokenAttribution(
             tokens=codecs.clip_tokens(tokens), selection=self.selection, flags=flags, target=what
         )

@@ -1,0 +1,202 @@
+"""The views in a real JupyterLab, driven by headless Chromium: pixels, clicks, hovers, keys, and the
+Python side read back from the kernel. Screenshots are kept in test-artifacts/."""
+
+import json
+
+import nbformat
+import pytest
+
+from lab import chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+FOCUS_PX, LABEL_PX = 480, 84  # js/attention_view.js layout
+# quickstart.ipynb: the dashboard's views come first, the standalone attention view last.
+DASH_ATT = "document.querySelectorAll('.nbi-attn')[0]"
+VIEW_ATT = "[...document.querySelectorAll('.nbi-attn')].at(-1)"
+NEURONS = "document.querySelector('.nbi-neur')"
+STRIP = "document.querySelector('.nbi-grad')"
+
+
+def js_wait(page, condition: str, timeout: int = 30_000):
+    page.wait_for_function(f"() => {{ try {{ return {condition}; }} catch (e) {{ return false; }} }}", timeout=timeout)
+
+
+def py(page, code: str) -> str:
+    out = kernel(page, code)
+    assert "ERROR" not in out, out
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with jupyterlab() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def quickstart(lab, browser):
+    url, _ = lab
+    page = open_notebook(browser, url, "quickstart.ipynb")
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    run_all(page)
+    wait_idle_after_run(page, timeout_ms=240_000)
+    page.errors = errors
+    yield page
+    assert not errors, errors
+    page.close()
+
+
+def test_attention_view_draws_and_syncs_both_ways(quickstart, artifacts):
+    page = quickstart
+    # The notebook's last cell set the focus to layer 3, head 2 from Python: the browser follows.
+    js_wait(page, f"{VIEW_ATT}.dataset.painted === '3,2'", 60_000)
+    focus = page.locator(".nbi-attn >> nth=-1").locator("canvas.nbi-focus")
+    grid = page.locator(".nbi-attn >> nth=-1").locator("canvas.nbi-grid")
+    focus.scroll_into_view_if_needed()
+    # A causal head is mostly near-zero weights (white): ask for some ink, and that the strongest
+    # cell Python sent is painted dark exactly where it belongs.
+    assert grid.evaluate(INK) > 0.1, "the thumbnail grid is blank"
+    assert focus.evaluate(INK) > 0.02, "the focused heatmap is blank"
+    i, j, n = map(int, py(page, "w = view.weights(); k = int(w.argmax()); print(k // w.shape[1], k % w.shape[1], w.shape[1])").split())
+    rgb = focus.evaluate(PIXEL_AT, [LABEL_PX + (j + 0.5) * FOCUS_PX / n, LABEL_PX + (i + 0.5) * FOCUS_PX / n])
+    assert sum(rgb) < 250, f"the strongest cell ({i}, {j}) is drawn as {rgb}, not dark"
+    page.screenshot(path=str(artifacts / "attention_view.png"))
+
+    # Click the thumbnail of layer 5, head 4: Python's focus changes and the full map arrives.
+    d = grid.evaluate("(c) => ({ left: +c.dataset.left, top: +c.dataset.top, step: +c.dataset.step, size: +c.dataset.size })")
+    grid.click(position={"x": d["left"] + 4 * d["step"] + d["size"] / 2, "y": d["top"] + 5 * d["step"] + d["size"] / 2})
+    js_wait(page, f"{VIEW_ATT}.dataset.painted === '5,4'")
+    assert py(page, "print(view.layer, view.head, view.focus_of)") == "5 4 [5, 4]"
+
+    # Arrow keys step the focus (down: next layer, left: previous head).
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowLeft")
+    js_wait(page, f"{VIEW_ATT}.dataset.painted === '6,3'")
+    assert py(page, "print(view.layer, view.head)") == "6 3"
+
+    # Hovering a token label sets the token (throttled on its way to Python).
+    n_tokens = int(py(page, "print(len(view.tokens))"))
+    focus.hover(position={"x": 40, "y": LABEL_PX + 2.5 * FOCUS_PX / n_tokens})
+    page.wait_for_timeout(400)
+    assert py(page, "print(view.token)") == "2"
+
+    # Python sets the focus; the browser repaints it.
+    py(page, "view.layer, view.head = 7, 1")
+    js_wait(page, f"{VIEW_ATT}.dataset.painted === '7,1'")
+    assert not page.errors, page.errors
+
+
+def test_hovering_a_token_highlights_it_in_every_linked_view(quickstart, artifacts):
+    page = quickstart
+    att = page.locator(".nbi-attn >> nth=0").locator("canvas.nbi-focus")
+    att.scroll_into_view_if_needed()
+    n_tokens = int(py(page, "print(len(dash.attention.tokens))"))
+    att.hover(position={"x": 40, "y": LABEL_PX + 4.5 * FOCUS_PX / n_tokens})  # the label of token 4
+    # The other views follow in the browser, before any kernel round trip is needed.
+    js_wait(page, f"{NEURONS}.dataset.token === '4' && {STRIP}.dataset.token === '4'", 5_000)
+    page.wait_for_timeout(400)
+    assert py(page, "print(dash.selection.token, dash.neurons.token)") == "4 4"
+    page.screenshot(path=str(artifacts / "dashboard_token_hover.png"), full_page=True)
+
+
+def test_clicking_a_layer_in_the_gradient_chart_selects_it_everywhere(quickstart, artifacts):
+    page = quickstart
+    chart = page.locator(".vega-embed canvas >> nth=0")
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    # Find layer 5's column the way a person would: move along the chart until its tooltip says so.
+    target = None
+    for x in range(0, int(box["width"]), 4):
+        chart.hover(position={"x": x, "y": box["height"] * 0.5})
+        text = page.evaluate("() => document.querySelector('#vg-tooltip-element.visible')?.textContent || ''")
+        if text.startswith("layer5") or text.startswith("layer 5"):
+            target = x
+            break
+    assert target is not None, "no column of the gradient chart shows layer 5"
+    chart.click(position={"x": target, "y": box["height"] * 0.5})
+    js_wait(page, f"{DASH_ATT}.dataset.layer === '5' && {NEURONS}.dataset.layer === '5'", 30_000)
+    js_wait(page, f"{NEURONS}.dataset.painted === '5' && {DASH_ATT}.dataset.painted.startsWith('5,')", 30_000)
+    assert py(page, "print(dash.selection.layer, dash.attention.layer, dash.neurons.layer, dash.perturb.head_layer.value)") == "5 5 5 5"
+    page.screenshot(path=str(artifacts / "dashboard_chart_click.png"), full_page=True)
+
+
+def test_setting_the_selection_from_python_moves_every_view(quickstart, artifacts):
+    page = quickstart
+    py(page, "dash.selection.layer, dash.selection.head, dash.selection.neuron = 8, 1, int(dash.neurons.stats().indices[0])")
+    neuron = py(page, "print(dash.selection.neuron)")
+    js_wait(page, f"{DASH_ATT}.dataset.painted === '8,1' && {NEURONS}.dataset.painted === '8'", 30_000)
+    js_wait(page, f"{NEURONS}.dataset.neuron === '{neuron}'")
+    assert py(page, "print(dash.gradients.chart.params.current == 8, dash.perturb.neuron.value)") == f"True {neuron}"
+
+
+def test_clicking_a_neuron_selects_it(quickstart):
+    page = quickstart
+    heat = page.locator(".nbi-neur canvas.nbi-heat")
+    heat.scroll_into_view_if_needed()
+    d = heat.evaluate("(c) => ({ left: +c.dataset.left, top: +c.dataset.top, w: +c.dataset.colWidth, h: +c.dataset.rowHeight })")
+    heat.click(position={"x": d["left"] + 2.5 * d["w"], "y": d["top"] + 0.5 * d["h"]})  # the third column
+    third = py(page, "print(int(dash.neurons.stats().indices[2]))")
+    js_wait(page, f"{NEURONS}.dataset.neuron === '{third}'", 5_000)
+    page.wait_for_timeout(300)
+    assert py(page, "print(dash.selection.neuron, dash.perturb.neuron.value)") == f"{third} {third}"
+
+
+# A tokenizer whose every token is an HTML payload: the views must show it as text and run nothing.
+HOSTILE = nbformat.v4.new_notebook(
+    cells=[
+        nbformat.v4.new_code_cell(
+            "import torch, nbinspect\n"
+            "from transformers import LlamaConfig, LlamaForCausalLM\n"
+            "torch.manual_seed(0)\n"
+            "m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,"
+            " num_attention_heads=4, num_key_value_heads=2)).eval()\n"
+            "class Tok:\n"
+            "    def __call__(self, text, return_tensors='pt'):\n"
+            "        ids = torch.arange(len(text.split())).remainder(64)[None]\n"
+            "        return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}\n"
+            "    def decode(self, ids, **kw):\n"
+            "        return '<img src=x onerror=\"window.__pwned=1\">'\n"
+            "dash = nbinspect.inspect(m, Tok(), 'a b c d e f')\ndash"
+        )
+    ],
+    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+)
+
+
+def test_token_text_is_never_html(lab, browser, artifacts):
+    url, root = lab
+    (root / "hostile.ipynb").write_text(json.dumps(HOSTILE))
+    page = open_notebook(browser, url, "hostile.ipynb")
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    run_all(page)
+    wait_idle_after_run(page)
+    js_wait(page, f"{DASH_ATT}.dataset.painted === '0,0' && {NEURONS}.dataset.painted === '0'", 60_000)
+    focus = page.locator(".nbi-attn canvas.nbi-focus")
+    focus.hover(position={"x": LABEL_PX + 40, "y": LABEL_PX + 40})  # a cell: the tooltip names both tokens
+    assert "onerror" in page.locator(".nbi-attn .nbi-tip").text_content()
+    assert page.locator(".nbi-attn img, .nbi-neur img, .nbi-grad img").count() == 0
+    assert page.evaluate("() => window.__pwned") is None and not dialogs
+    page.screenshot(path=str(artifacts / "hostile_tokens.png"), full_page=True)
+    page.close()
+
+
+INK = """(c) => {
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
+  return ink / (d.length / 4);
+}"""
+
+PIXEL_AT = """(c, [x, y]) => {
+  const dpr = window.devicePixelRatio || 1;
+  return Array.from(c.getContext("2d").getImageData(Math.round(x * dpr), Math.round(y * dpr), 1, 1).data.slice(0, 3));
+}"""
