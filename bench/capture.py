@@ -3,8 +3,8 @@
 Prints one line per figure, ``name value unit``:
 
 - ``capture_overhead_N``: forward time with a *full capture* divided by a plain forward with the model's
-  default attention (sdpa), same process, rounds interleaved so drift from other load hits both alike,
-  median of ``--repeats``. A full capture records, for every layer, the attention patterns, the MLP neuron
+  default attention (sdpa), same process, rounds interleaved, median of ``--repeats``. On the CPU the time
+  is the process's CPU time (user + system, one thread; see the end of this note), on a GPU wall time. A full capture records, for every layer, the attention patterns, the MLP neuron
   activations and the residual stream before and after the block. Patterns are kept as **float16** on
   the device (half of float32's 4.5 GB at 2048 tokens; views quantize to 8 bits anyway); neurons and the
   residual stream stay float32.
@@ -13,7 +13,7 @@ Prints one line per figure, ``name value unit``:
   running sdpa, so outputs differ from sdpa's in the last bits, as eager's do.
 - ``eager_attentions_overhead_N``: the same ratio for HF eager attention with ``output_attentions=True``
   (all layers' float32 patterns), the anchor.
-- ``capture_peak_mb_N`` / ``eager_attentions_peak_mb_N``: peak resident memory of that forward above the
+- ``plain_peak_mb_N`` / ``capture_peak_mb_N`` / ``eager_attentions_peak_mb_N``: peak resident memory of that forward above the
   memory held just before it (so the model's own 0.5 GB is excluded), each measured alone in a fresh
   subprocess by polling /proc; on a GPU, ``torch.cuda.max_memory_allocated`` above the same baseline.
 - ``summary_peak_mb_N``: per-head summaries (entropy, max weight) of every layer plus the full pattern of one
@@ -24,7 +24,9 @@ Prints one line per figure, ``name value unit``:
 Run ``python bench/capture.py [--sizes 128 512 2048] [--repeats 3] [--threads 1]``; figures for a GPU
 follow with a ``_cuda`` suffix when one is available. CPU figures use one thread unless told otherwise:
 on a shared machine, OpenMP threads waiting on each other at every op made single forwards swing by 5x
-(0.5 s one-threaded against 2.6-11 s two-threaded at 128 tokens), which no median can rescue.
+(0.5 s one-threaded against 2.6-11 s two-threaded at 128 tokens), and even one-threaded wall times moved
+by 50 % with other jobs; the process's CPU time stays within a few percent. Page faults are part of that
+time on purpose: keeping results means touching fresh memory, and in a VM that is a real cost.
 """
 
 from __future__ import annotations
@@ -80,13 +82,21 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _clock(device):
+    # On the CPU, the process's own CPU time (user + system, so page faults count): with one thread it
+    # is the wall time an idle machine would show, and other people's jobs on a shared machine do not
+    # leak into it. On a GPU, wall time after synchronizing.
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def timed(model, ids, config):
+    clock = _clock(ids.device)
     _sync(ids.device)
-    start = time.perf_counter()
+    start = clock()
     kept = forward(model, ids, config)
     _sync(ids.device)
     del kept
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _rss_mb() -> float:
@@ -151,6 +161,7 @@ def main(sizes, repeats: int, device: str) -> None:
         print(f"capture_overhead_{n}{suffix} {statistics.median(times['capture']) / plain:.3f} x", flush=True)
         print(f"capture_fast_overhead_{n}{suffix} {statistics.median(times['capture_fast']) / plain:.3f} x", flush=True)
         print(f"eager_attentions_overhead_{n}{suffix} {statistics.median(times['eager']) / plain:.3f} x", flush=True)
+        print(f"plain_peak_mb_{n}{suffix} {peak('plain', n, device):.0f} MB", flush=True)
         print(f"capture_peak_mb_{n}{suffix} {peak('capture', n, device):.0f} MB", flush=True)
         print(f"eager_attentions_peak_mb_{n}{suffix} {peak('eager', n, device):.0f} MB", flush=True)
         if n == max(sizes):
@@ -158,17 +169,18 @@ def main(sizes, repeats: int, device: str) -> None:
 
     ids = torch.randint(100, 40000, (1, 128), generator=gen).to(device)
     plain, grads, sal = [], [], []
+    clock = _clock(ids.device)
     for _ in range(repeats):
         plain.append(timed(model, ids, "plain"))
         _sync(ids.device)
-        start = time.perf_counter()
+        start = clock()
         nbinspect.gradient_norms(model, ids, "loss")
         _sync(ids.device)
-        grads.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        grads.append(clock() - start)
+        start = clock()
         nbinspect.saliency(model, ids, method="grad_x_input")
         _sync(ids.device)
-        sal.append(time.perf_counter() - start)
+        sal.append(clock() - start)
     base = statistics.median(plain)
     print(f"grad_norms_cost{suffix} {statistics.median(grads) / base:.2f} x", flush=True)
     print(f"saliency_cost{suffix} {statistics.median(sal) / base:.2f} x", flush=True)

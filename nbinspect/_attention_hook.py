@@ -82,29 +82,49 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     out = torch.empty(batch, heads, q_len, k_len, dtype=dtype, device=query.device)
     if value is not None:
         v = value.reshape(batch * kv_heads, k_len, value.shape[-1])
-        output = torch.empty(batch, kv_heads, n_rep, q_len, value.shape[-1], dtype=value.dtype, device=value.device)
+        # Laid out as eager returns it, [batch, q, heads, head_dim], so no transposed copy is needed.
+        output = torch.empty(batch, q_len, kv_heads, n_rep, value.shape[-1], dtype=value.dtype, device=value.device)
     block = max(1, _BLOCK_VALUES // (batch * heads * k_len))
+    scratch = _scratch(query.device, 2 * batch * heads * min(block, q_len) * k_len)
     for start in range(0, q_len, block):
         stop = min(start + block, q_len)
         # Queries are the last q_len of the k_len positions (a KV cache may hold earlier ones).
         visible = k_len - q_len + stop if causal else k_len
         rows = q[:, :, :, start:stop].reshape(batch * kv_heads, n_rep * (stop - start), dim)
-        scores = torch.bmm(rows, k_t[:, :, :visible]).view(batch, heads, stop - start, visible)
+        size = batch * heads * (stop - start) * visible
+        scores = scratch[:size].view(batch * kv_heads, n_rep * (stop - start), visible)
+        torch.bmm(rows, k_t[:, :, :visible], out=scores)
+        scores = scores.view(batch, heads, stop - start, visible)
         if mask is not None:
             scores.add_(mask[..., start:stop, :visible])
-        probs = torch.softmax(scores, dim=-1)
+        probs = scratch[size : 2 * size].view(batch, heads, stop - start, visible)
+        torch.ops.aten._softmax.out(scores, -1, False, out=probs)
         out[:, :, start:stop, :visible] = probs
         if visible < k_len:
             out[:, :, start:stop, visible:] = 0
         if value is not None:
             rows_out = torch.bmm(probs.view(batch * kv_heads, -1, visible).to(v.dtype), v[:, :visible])
-            output[:, :, :, start:stop] = rows_out.view(batch, kv_heads, n_rep, stop - start, -1)
+            output[:, start:stop] = rows_out.view(batch, kv_heads, n_rep, stop - start, -1).permute(0, 3, 1, 2, 4)
     if value is not None:
-        return out, output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
+        return out, output.view(batch, q_len, heads, -1)
     return out
 
 
 _causal_cache: dict[tuple, torch.Tensor] = {}
+_scratch_cache: dict[str, torch.Tensor] = {}
+
+
+def _scratch(device: torch.device, size: int) -> torch.Tensor:
+    """A float32 buffer of at least ``size`` values, reused from block to block and layer to layer.
+
+    Fresh multi-MB tensors come from mmap on every allocation and each of their pages faults on first
+    touch; at 512 tokens that cost as much system time as the capture's arithmetic. Dropped with the
+    last capture (see `_uninstall`).
+    """
+    buffer = _scratch_cache.get(str(device))
+    if buffer is None or buffer.numel() < size:
+        buffer = _scratch_cache[str(device)] = torch.empty(size, device=device)
+    return buffer
 
 
 def _causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -173,6 +193,9 @@ def _install(name: str) -> None:
 
 
 def _uninstall(name: str) -> None:
+    if len(_installed) == 1:
+        _scratch_cache.clear()
+        _causal_cache.clear()
     had, previous = _installed.pop(name)
     local = ALL_ATTENTION_FUNCTIONS._local_mapping
     if had:
