@@ -125,6 +125,8 @@ async function render({ model, el: host }) {
   function drawFocus() {
     const g = focusGeometry();
     const ctx = sizeCanvas(focus, g.ox + FOCUS_PX + 8, g.oy + FOCUS_PX + 8);
+    // Map geometry for automation: cells per side, CSS px per cell, tokens per cell, map origin.
+    Object.assign(focus.dataset, { rows: g.f, cell: g.cell, block: g.block, left: g.ox, top: g.oy });
     ctx.font = FONT;
     if (focusReady()) ctx.drawImage(focusImage, g.ox, g.oy, FOCUS_PX, FOCUS_PX);
     else if (thumbImage) {

@@ -10,6 +10,7 @@ For attention (``scale`` = the map's largest weight, at most 1) that is at most 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -130,3 +131,20 @@ def dequantize_signed(q: torch.Tensor | np.ndarray, scale) -> torch.Tensor:
 
 def int32_bytes(t: torch.Tensor) -> bytes:
     return to_bytes(t.to(torch.int32))
+
+
+def sent_bytes(widget) -> tuple[int, int]:
+    """What a widget's synced state costs on the wire: (data bytes, code bytes).
+
+    Binary traits count by length, everything else as its JSON text; ``_esm``/``_css`` (the view's
+    code, sent once per widget model) are counted apart from the data. Used by benchmarks.
+    """
+    data = code = 0
+    for name, value in widget.get_state().items():
+        if name in ("_esm", "_css", "_anywidget_id"):
+            code += len(value.encode() if isinstance(value, str) else value or b"")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data += len(value)
+        else:
+            data += len(json.dumps(value, default=str))
+    return data, code

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipywidgets
 
+from .. import codecs
 from ..adapters import Adapter, ModelParts
 from ..inputs import encode
 from .attention_view import attention
@@ -44,6 +45,27 @@ class Dashboard(ipywidgets.VBox):
             self._follow_selection()
             children += [self._heading("Perturb and recompute"), self.perturb]
         super().__init__(children=children)
+
+    def widgets(self) -> list[ipywidgets.Widget]:
+        """Every widget model the dashboard puts in the browser (views, chart, sliders, selection)."""
+        found: dict[str, ipywidgets.Widget] = {}
+
+        def walk(w):
+            if not isinstance(w, ipywidgets.Widget) or w.model_id in found:
+                return
+            found[w.model_id] = w
+            for name in w.keys:
+                value = getattr(w, name, None)
+                for child in value if isinstance(value, (list, tuple)) else [value]:
+                    walk(child)
+
+        walk(self)
+        return list(found.values())
+
+    def payload_bytes(self) -> tuple[int, int]:
+        """(data bytes, code bytes) the browser receives to show the dashboard in its current state."""
+        sizes = [codecs.sent_bytes(w) for w in self.widgets()]
+        return sum(d for d, _ in sizes), sum(c for _, c in sizes)
 
     @staticmethod
     def _heading(text: str) -> ipywidgets.Label:
