@@ -97,7 +97,7 @@ def _restoring(model: nn.Module, *, requires_grad: bool, eval_mode: bool):
     """Set every parameter's ``requires_grad``, clear ``.grad``, and put all of it back afterwards."""
     params = list(model.parameters())
     saved = [(p, p.requires_grad, p.grad) for p in params]
-    training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a model may mix train and eval parts
     try:
         if eval_mode:
             model.eval()
@@ -109,7 +109,8 @@ def _restoring(model: nn.Module, *, requires_grad: bool, eval_mode: bool):
         for p, flag, grad in saved:
             p.requires_grad_(flag)
             p.grad = grad
-        model.train(training)
+        for module, training in modes:
+            module.training = training
 
 
 def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mode: bool = True,

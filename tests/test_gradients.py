@@ -60,6 +60,7 @@ def test_token_logit_target():
 def test_model_state_is_restored():
     model = tiny("gpt2")
     model.train()
+    model.transformer.h[2].eval()  # a mixed model: each module's own flag must come back
     frozen = model.transformer.h[0].attn.c_attn.weight
     frozen.requires_grad_(False)
     had = model.transformer.h[1].mlp.c_fc.weight
@@ -67,7 +68,7 @@ def test_model_state_is_restored():
     before = had.grad
     nbinspect.gradient_norms(model, _ids(), "loss")
     nbinspect.saliency(model, _ids(), method="integrated_gradients", steps=2, progress=False)
-    assert model.training
+    assert model.training and model.transformer.h[1].training and not model.transformer.h[2].training
     assert not frozen.requires_grad and frozen.grad is None
     assert had.grad is before and torch.all(had.grad == 0.5)
     assert sum(p.grad is not None for p in model.parameters()) == 1
