@@ -53,9 +53,13 @@ $(STAMPS)/browser:
 
 browser: $(STAMPS)/browser
 
+# The URL printed opens the quickstart itself (Jupyter's own banner only links to the Lab front page).
+PORT ?= 8888
 demo: install
-	@echo "Opening notebooks/quickstart.ipynb; the URL to open in your browser follows."
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --ServerApp.ip=127.0.0.1 notebooks/quickstart.ipynb
+	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
+	echo; echo "  nbinspect quickstart: http://127.0.0.1:$(PORT)/lab/tree/notebooks/quickstart.ipynb?token=$$token"; echo; \
+	exec $(VENV)/bin/jupyter lab $(ROOT_FLAG) --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.port_retries=0 \
+		--IdentityProvider.token=$$token notebooks/quickstart.ipynb
 
 test: install browser
 	$(PY) -m pytest -q -ra tests
