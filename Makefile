@@ -57,9 +57,9 @@ browser: $(STAMPS)/browser
 PORT ?= 8888
 demo: install
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
-	echo; echo "  nbinspect quickstart: http://127.0.0.1:$(PORT)/lab/tree/notebooks/quickstart.ipynb?token=$$token"; echo; \
+	echo; echo "  nbinspect quickstart: http://127.0.0.1:$(PORT)/lab/tree/quickstart.ipynb?token=$$token"; echo; \
 	exec $(VENV)/bin/jupyter lab $(ROOT_FLAG) --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.port_retries=0 \
-		--IdentityProvider.token=$$token notebooks/quickstart.ipynb
+		--IdentityProvider.token=$$token --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/quickstart.ipynb
 
 test: install browser
 	$(PY) -m pytest -q -ra tests
