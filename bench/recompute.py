@@ -7,6 +7,8 @@ Prints one line per figure, ``name value unit``, for N = 128 and 512 tokens:
   sliders do: layers ≥ L, then the final norm and the unembedding at the panel's two positions),
   divided by a full forward timed right before it (median of per-pair ratios, so that other load on
   a shared machine hits both sides). The goal is the share of layers rerun.
+* ``recompute_cpu_time_ratio_{first,mid,last}_N`` (CPU only) — the same ratios in this process's CPU
+  time, which other processes on a shared machine disturb far less than wall-clock time.
 * ``recompute_all_logits_ratio_last_N`` — the same after a last-layer edit, but unembedding every
   position, as the full forward does (the unembedding alone is ~20 % of a SmolLM2 forward).
 * ``slider_to_payload_ms_N`` — a head slider at the middle layer moves; until the prediction panel's
@@ -61,21 +63,27 @@ def median_s(fn, device, repeats=REPEATS) -> float:
     return statistics.median(times)
 
 
-def paired_ratio(fn, reference, device, repeats=REPEATS) -> float:
-    """Median of fn's time over reference's, timed back to back so that load on a shared machine hits both."""
+def paired_ratio(fn, reference, device, repeats=REPEATS) -> tuple[float, float]:
+    """Median of fn's time over reference's, timed back to back so that load on a shared machine hits both.
+
+    Returns (wall-clock ratio, CPU-time ratio); the CPU-time ratio (this process's threads only) is
+    what the work costs even when other processes compete for the cores, and means nothing on a GPU.
+    """
     fn()
     reference()
-    ratios = []
+    walls, cpus = [], []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         reference()
         sync(device)
-        middle = time.perf_counter()
+        w1, c1 = time.perf_counter(), time.process_time()
         fn()
         sync(device)
-        ratios.append((time.perf_counter() - middle) / (middle - start))
-    return statistics.median(ratios)
+        w2, c2 = time.perf_counter(), time.process_time()
+        walls.append((w2 - w1) / (w1 - w0))
+        cpus.append((c2 - c1) / max(c1 - c0, 1e-9))
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def bench_length(model, tokenizer, n: int, suffix: str) -> None:
@@ -103,10 +111,13 @@ def bench_length(model, tokenizer, n: int, suffix: str) -> None:
             # A new factor each time, so every rerun really starts at `layer`.
             rec.run(ScaleHead(layer, 1, 0.5 + 0.001 * next(step))).logits(positions)
 
-        print(f"recompute_ratio_{name}_{tag} {paired_ratio(edit_and_rerun, forward, device):.3f} ratio")
+        wall, cpu = paired_ratio(edit_and_rerun, forward, device)
+        print(f"recompute_ratio_{name}_{tag} {wall:.3f} ratio")
+        if device.type == "cpu":
+            print(f"recompute_cpu_time_ratio_{name}_{tag} {cpu:.3f} ratio")
     step = iter(range(10_000))
-    last_all = paired_ratio(lambda: rec.run(ScaleHead(n_layers - 1, 1, 0.5 + 0.001 * next(step))).logits(), forward, device)
-    print(f"recompute_all_logits_ratio_last_{tag} {last_all:.3f} ratio")
+    wall, _ = paired_ratio(lambda: rec.run(ScaleHead(n_layers - 1, 1, 0.5 + 0.001 * next(step))).logits(), forward, device)
+    print(f"recompute_all_logits_ratio_last_{tag} {wall:.3f} ratio")
 
     text = tokenizer.decode(ids[0])
     for label, views in (("", ()), ("_with_attention", None)):
