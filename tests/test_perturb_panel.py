@@ -115,7 +115,7 @@ def test_200_rapid_slider_moves_end_in_the_last_values_state():
     with torch.no_grad(), perturb(model, *last):
         logits = model(input_ids=CharTokenizer()(TEXT)["input_ids"], use_cache=False).logits[0]
     top = logits[-1].softmax(-1).max().item()
-    assert panel.prediction.summary["positions"][0]["after"][0][1] == pytest.approx(top, abs=1e-5)
+    assert panel.prediction.summary["positions"][-1]["after"][0][1] == pytest.approx(top, abs=1e-5)
     for k, v in model.state_dict().items():  # the model is exact between runs
         assert torch.equal(v, before[k])
 
@@ -124,7 +124,7 @@ def test_reset_shows_the_original_model_again():
     model, panel, view = panel_with_view(threaded=False)
     panel.head_factor.value = 0.0
     panel.noise_sigma.value = 0.5
-    assert panel.prediction.summary["positions"][0]["kl"] > 0
+    assert panel.prediction.summary["positions"][-1]["kl"] > 0
     assert view.calls[-1] == [0, 1, 2]
     panel.reset()
     summary = panel.prediction.summary
@@ -141,7 +141,7 @@ def test_moving_the_chosen_position_reuses_the_run():
     runs = panel.recompute.runs
     panel.position.value = 3
     summary = panel.prediction.summary
-    assert [p["position"] for p in summary["positions"]] == [len(TEXT) - 1, 3]
+    assert [p["position"] for p in summary["positions"]] == [3, len(TEXT) - 1]
     assert summary["from_layer"] == 3  # only the head: no layer was rerun
     assert panel.recompute.runs == runs + 1
 

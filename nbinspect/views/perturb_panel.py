@@ -310,8 +310,9 @@ class PerturbPanel(widgets.VBox):
         return tuple(out)
 
     def positions(self) -> list[int]:
+        """The positions the panel shows, in text order: the chosen one, then the last (``[-1]``)."""
         last = len(self.tokens) - 1
-        return [last] if self.position.value == last else [last, self.position.value]
+        return [last] if self.position.value == last else [self.position.value, last]
 
     def applied(self) -> perturb:
         """``with panel.applied(): model.generate(...)`` runs the model under the sliders' edits."""
