@@ -348,3 +348,15 @@ def test_keyboard_interrupt_inside_the_block_restores_exactly():
         with perturb(model, ScaleLayer(2, "mlp", 0.0), AddNoise((0, "attention"), 1.0)):
             raise KeyboardInterrupt
     assert_exact(model, before)
+
+
+@pytest.mark.real_model
+def test_smollm2_restores_all_tensors_bit_identically_and_reports_its_tied_embeddings(smollm2):
+    model, _ = smollm2
+    before = snapshot(model)
+    edits = [ScaleHead(0, 8, 0.0), ScaleNeuron(29, 1535, 3.7), ScaleLayer(15, "mlp", 0.1), AddNoise("model.embed_tokens", 0.05)]
+    with pytest.warns(UserWarning, match=r"lm_head\.weight"):
+        with perturb(model, *edits) as p:
+            assert first_layer(model, edits) == -1
+            assert any("lm_head.weight" in line for line in p.tied)
+    assert_exact(model, before)
