@@ -85,7 +85,13 @@ function render({ model, el: host }) {
     edits.textContent = (s.edits || []).length ? `edits: ${s.edits.join(", ")}` : "no edits (the original model)";
     if (s.from_layer !== undefined) {
       const what =
-        s.from_layer < 0 ? "everything" : s.from_layer >= s.n_layers ? "only the head" : `layers ${s.from_layer}–${s.n_layers - 1}`;
+        s.from_layer < 0
+          ? "everything"
+          : s.from_layer >= s.n_layers
+            ? "only the head"
+            : s.from_layer === s.n_layers - 1
+              ? `layer ${s.from_layer}`
+              : `layers ${s.from_layer}–${s.n_layers - 1}`;
       edits.textContent += `  ·  recomputed ${what} in ${s.compute_ms} ms`;
     }
     message.textContent = s.message || "";

@@ -259,13 +259,16 @@ class PerturbPanel(widgets.VBox):
         has_neurons = adapter.parts.neurons is not None
         width = _in_features(adapter.part(0, "neurons")) if has_neurons else 1
         self.neuron_layer = widgets.IntSlider(0, 0, n_layers - 1, description="neuron: layer", disabled=not has_neurons, **slider)
-        self.neuron = widgets.BoundedIntText(0, min=0, max=width - 1, description="neuron", disabled=not has_neurons, style=style)
+        box = widgets.Layout(width="160px")
+        self.neuron = widgets.BoundedIntText(
+            0, min=0, max=width - 1, description="neuron", disabled=not has_neurons, style=style, layout=box
+        )
         self.neuron_factor = widgets.FloatSlider(
             1.0, min=0.0, max=2.0, step=0.05, description="× scale", disabled=not has_neurons, **slider
         )
         self.noise_layer = widgets.IntSlider(0, 0, n_layers - 1, description="noise: layer", **slider)
         self.noise_sigma = widgets.FloatSlider(0.0, min=0.0, max=1.0, step=0.01, description="σ (× weight RMS)", **slider)
-        self.noise_seed = widgets.BoundedIntText(0, min=0, max=2**31 - 1, description="seed", style=style)
+        self.noise_seed = widgets.BoundedIntText(0, min=0, max=2**31 - 1, description="seed", style=style, layout=box)
         default = n_tokens - 2 if position is None else position
         self.position = widgets.IntSlider(
             max(0, min(default, n_tokens - 1)), 0, n_tokens - 1, description="also show position", **slider
