@@ -21,7 +21,7 @@ Prints one line per figure, ``name value unit``:
 - ``grad_norms_cost`` / ``saliency_cost``: ``nbinspect.gradient_norms`` (LM loss) and
   ``nbinspect.saliency`` (gradient x input) at 128 tokens, relative to a plain forward at 128 tokens.
 
-Run ``python bench/capture.py [--sizes 128 512 2048] [--repeats 3] [--threads 1]``; figures for a GPU
+Run ``python bench/capture.py [--sizes 128 512 2048] [--repeats 5] [--threads 1]``; figures for a GPU
 follow with a ``_cuda`` suffix when one is available. CPU figures use one thread unless told otherwise:
 on a shared machine, OpenMP threads waiting on each other at every op made single forwards swing by 5x
 (0.5 s one-threaded against 2.6-11 s two-threaded at 128 tokens), and even one-threaded wall times moved
@@ -152,7 +152,7 @@ def main(sizes, repeats: int, device: str) -> None:
         for config in TIMED:
             timed(model, ids[:, : min(n, 32)], config)  # warm every path once
         times = {c: [] for c in TIMED}
-        rounds = repeats if n <= 512 else max(1, repeats - 1)  # 2048 tokens on a CPU takes a while
+        rounds = repeats if n <= 512 else min(repeats, 2)  # a 2048-token forward takes ~10 s of one CPU core
         for _ in range(rounds):
             for config in times:
                 times[config].append(timed(model, ids, config))
@@ -189,7 +189,7 @@ def main(sizes, repeats: int, device: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512, 2048])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per size (at most 2 past 512 tokens)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda too if available)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1, see above)")
     parser.add_argument("--peak", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
