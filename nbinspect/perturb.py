@@ -32,6 +32,7 @@ What "a head" and "a neuron" mean here, per family (the adapter names the module
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 import zlib
@@ -239,6 +240,23 @@ class ScaleNeuron(Edit):
 
 
 _SUBLAYERS = {"attention": "attention_output", "mlp": "neurons"}
+
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock held while a model's weights are edited in place and while a view runs it.
+
+    The perturbation sliders edit weights on a worker thread; a view that runs the model on the
+    kernel thread meanwhile (e.g. to recompute a layer it did not keep) takes this lock first, so it
+    never sees half-edited weights.
+    """
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)

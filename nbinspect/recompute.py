@@ -36,7 +36,7 @@ from torch import nn
 
 from .adapters import Adapter, ModelParts
 from .capture import Request, capture
-from .perturb import Edit, changed_from, perturb
+from .perturb import Edit, changed_from, model_lock, perturb
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Recompute:
         self.attention_layers = _as_layers(self.adapter, attention)
         self.attention: dict[int, torch.Tensor] = {}
         self.runs = 0
-        self._lock = threading.RLock()
+        self._lock = model_lock(model)  # shared with views that run the same model themselves
         self._kept: list[tuple[tuple, dict] | None] = [None] * self.adapter.n_layers
         self._edits: tuple[Edit, ...] = ()
         self.baseline = self._run_from(-1, ())

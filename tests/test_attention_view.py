@@ -147,3 +147,26 @@ def test_real_models(fixture, request):
     for head in range(view.n_heads):
         assert (view.weights(layer, head) - ref[layer][0, head]).abs().max() <= 1 / 510 + 1e-6
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_view_never_runs_the_model_while_weights_are_being_edited():
+    import threading
+    import time
+
+    from nbinspect.perturb import model_lock
+
+    model = tiny("llama")
+    held = threading.Event()
+
+    def worker():  # stands in for the sliders' worker, holding the model while it edits in place
+        with model_lock(model):
+            held.set()
+            time.sleep(0.3)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    held.wait()
+    started = time.perf_counter()
+    nbinspect.attention(model, CharTokenizer(), TEXT)
+    assert time.perf_counter() - started >= 0.25
+    t.join()

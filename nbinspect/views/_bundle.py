@@ -5,11 +5,11 @@ from pathlib import Path
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def bundle(name: str) -> Path:
+def bundle(name: str) -> Path | str:
+    """The bundle's path, or — when it was never built — a stand-in view that says how to build it,
+    so ``import nbinspect`` works for scripting (capture, perturb) without the JS."""
     path = STATIC / f"{name}.js"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"the JS bundle {path.name} is missing from {STATIC}; build it with `make js` "
-            "(or reinstall nbinspect from a wheel, which carries it)."
-        )
-    return path
+    if path.exists():
+        return path
+    message = f"nbinspect: the JS bundle {name}.js is missing from {STATIC}; build it with `make js`."
+    return "export default { render({ el }) { el.textContent = %r; } };\n" % message

@@ -15,6 +15,7 @@ import torch
 from .. import codecs
 from ..adapters import Adapter
 from ..capture import Request, capture
+from ..perturb import model_lock
 
 
 @dataclass
@@ -57,8 +58,10 @@ class AttentionMaps:
         def reduce(layer, weights):
             return reduce_layer(weights, self.keep_all or layer == focus_layer)
 
-        with torch.no_grad(), capture(self.adapter.model, attention=Request(layers=list(layers), reduce=reduce)) as rec:
-            self.adapter.model(**self.inputs)
+        model = self.adapter.model
+        # The lock: never run while the perturbation worker has weights edited in place.
+        with model_lock(model), torch.no_grad(), capture(model, attention=Request(layers=list(layers), reduce=reduce)) as rec:
+            model(**self.inputs)
         self.layers.update(rec.attention)
 
     def update(self, attention: dict[int, torch.Tensor], focus_layer: int) -> None:

@@ -37,6 +37,7 @@ import traitlets
 from .. import codecs
 from ..adapters import Adapter, ModelParts
 from ..capture import Request, capture
+from ..perturb import model_lock
 from ..inputs import encode, token_strings
 from ._bundle import bundle
 from .selection import Selection, link_focus
@@ -147,8 +148,10 @@ class NeuronActivations:
             self.keep_all = n_layers * a.numel() * 4 <= codecs.NEURON_CACHE_MAX_BYTES
             return a if self.keep_all or layer == focus else None
 
-        with torch.no_grad(), capture(self.adapter.model, neurons=Request(layers=list(layers), reduce=keep), logits=False) as rec:
-            self.adapter.model(**self.inputs)
+        model = self.adapter.model
+        # The lock: never run while the perturbation worker has weights edited in place.
+        with model_lock(model), torch.no_grad(), capture(model, neurons=Request(layers=list(layers), reduce=keep), logits=False) as rec:
+            model(**self.inputs)
         self.layers.update({i: a for i, a in rec.neurons.items() if a is not None})
 
     def layer(self, layer: int) -> torch.Tensor:

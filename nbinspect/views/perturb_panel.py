@@ -28,7 +28,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import anywidget
@@ -40,16 +39,10 @@ from ..adapters import Adapter, ModelParts
 from ..inputs import encode, token_strings
 from ..perturb import AddNoise, Edit, ScaleHead, ScaleNeuron, _in_features, perturb
 from ..recompute import Recompute, Result
+from ._bundle import bundle
 
 IDLE_EXIT_S = 30.0  # a worker with nothing to do exits after this long instead of living for the whole kernel
 TOP_K = 5  # rows per position in the panel: enough to see a runner-up take over, small enough to read
-_BUNDLE = Path(__file__).resolve().parent.parent / "static" / "perturb_panel_view.js"
-# Shown instead of the panel when the JS bundle was not built, so importing nbinspect never fails.
-_MISSING_BUNDLE = """
-export default { render({ el }) {
-  el.textContent = "nbinspect: the panel's JS bundle perturb_panel_view.js is missing; build it with `make js`.";
-} };
-"""
 
 
 class LatestWins:
@@ -150,14 +143,10 @@ class LatestWins:
             self._one(taken[0])
 
 
-def _bundle_source():
-    return _BUNDLE if _BUNDLE.exists() else _MISSING_BUNDLE
-
-
 class PredictionView(anywidget.AnyWidget):
     """Top next-token probabilities before and after the edits, for a few positions (JS: perturb_panel_view.js)."""
 
-    _esm = _bundle_source()
+    _esm = bundle("perturb_panel_view")
 
     #: {"edits": [str], "from_layer": int, "compute_ms": float, "message": str,
     #:  "positions": [{"position", "token", "before": [[token, p]], "after": [[token, p]], "kl", "argmax_changed"}]}
