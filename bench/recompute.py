@@ -16,7 +16,9 @@ Prints one line per figure, ``name value unit``, for N = 128 and 512 tokens:
 * ``slider_to_payload_with_attention_ms_N`` — the same with an ``AttentionView`` attached: attention of
   the rerun layers captured, reduced and encoded for the browser.
 
-``slider_to_repaint_ms_N`` needs a browser and is measured by the browser harness, not here.
+* ``slider_to_repaint_ms_N`` — in JupyterLab + headless Chromium: the head-scale slider of a panel
+  linked to an attention view is moved one step with the keyboard, as a person would; until both the
+  prediction panel and the attention view have painted the new run (median of a few moves).
 Medians of a few repeats; no assertions. Runs on CUDA when available (figures then say so).
 """
 
@@ -137,6 +139,62 @@ def bench_length(model, tokenizer, n: int, suffix: str) -> None:
         panel.wait(600)
 
 
+SLIDER_STEP = """async ([k]) => {
+  const node = window.jupyterapp.shell.currentWidget.content.widgets[k].node;
+  const pred = node.querySelector(".nbi-pred"), att = node.querySelector(".nbi-attn");
+  const slider = [...node.querySelectorAll(".widget-slider")].find((s) => s.textContent.includes("× scale"));
+  const handle = slider.querySelector(".noUi-handle");
+  const before = +(pred.dataset.painted || 0), thumbsBefore = att.dataset.thumbsDrawnAt || "";
+  handle.focus();
+  const t0 = performance.now();
+  handle.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowLeft", keyCode: 37, which: 37, bubbles: true }));
+  while (+(pred.dataset.painted || 0) <= before || (att.dataset.thumbsDrawnAt || "") === thumbsBefore)
+    await new Promise((r) => setTimeout(r, 2));
+  return Math.max(+pred.dataset.paintedAt, +att.dataset.thumbsDrawnAt) - t0;
+}"""
+
+
+def browser_figures(tokenizer) -> None:
+    import json
+
+    import nbformat
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import text_of_tokens
+
+    from lab import chromium, jupyterlab, open_notebook
+
+    texts = {str(n): text_of_tokens(tokenizer, n) for n in LENGTHS}
+    setup = f"import json, nbinspect\nmodel, tokenizer = nbinspect.load()\ntexts = json.loads({json.dumps(json.dumps(texts))})"
+    cells = [nbformat.v4.new_code_cell(setup)] + [
+        nbformat.v4.new_code_cell(
+            f"v{n} = nbinspect.attention(model, tokenizer, texts['{n}'], layer=model.config.num_hidden_layers // 2)\n"
+            f"p{n} = nbinspect.sliders(model, tokenizer, texts['{n}'], views=[v{n}])\n"
+            f"p{n}.head_layer.value = model.config.num_hidden_layers // 2\np{n}.wait()\np{n}"
+        )
+        for n in LENGTHS
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    idle = "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'"
+    with jupyterlab({"bench_recompute.ipynb": nbformat.writes(nb)}) as (url, _), chromium() as browser:
+        page = open_notebook(browser, url, "bench_recompute.ipynb")
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_function(
+            f"() => {{ const w = window.jupyterapp.shell.currentWidget; return w.content.model.cells.get({len(LENGTHS)}).executionCount > 0 && ({idle})(); }}",
+            timeout=300_000,
+        )
+        for k, n in enumerate(LENGTHS, start=1):
+            page.wait_for_function(
+                "(k) => { const n = window.jupyterapp.shell.currentWidget.content.widgets[k].node; return n.querySelector('.nbi-pred')?.dataset.painted && n.querySelector('.nbi-attn')?.dataset.painted; }",
+                arg=k, timeout=120_000,
+            )
+            times = []
+            for _ in range(REPEATS):
+                times.append(page.evaluate(SLIDER_STEP, [k]))
+                page.wait_for_function(idle, timeout=120_000)
+            print(f"slider_to_repaint_ms_{n} {statistics.median(times):.1f} ms", flush=True)
+
+
 def main() -> None:
     started = time.perf_counter()
     model, tokenizer = nbinspect.load()
@@ -145,6 +203,8 @@ def main() -> None:
     print(f"# SmolLM2-135M on {device} ({torch.get_num_threads()} CPU threads), median of {REPEATS}", flush=True)
     for n in LENGTHS:
         bench_length(model, tokenizer, n, suffix)
+    if os.environ.get("NBINSPECT_BENCH_BROWSER", "1") == "1":
+        browser_figures(tokenizer)
     print(f"bench_wall_s {time.perf_counter() - started:.0f} s")
 
 

@@ -183,6 +183,10 @@ async function render({ model, el: host }) {
     root.classList.toggle("is-busy", get("busy"));
     drawGrid();
     drawFocus();
+    if (thumbsPending) {
+      thumbsPending = false;
+      root.dataset.thumbsDrawnAt = String(performance.now()); // for benchmarks: new maps on screen
+    }
     root.dataset.layer = String(L);
     root.dataset.head = String(H);
     if (focusReady() && root.dataset.painted !== `${L},${H}`) {
@@ -291,8 +295,10 @@ async function render({ model, el: host }) {
     setFocus(get("layer") + m[0], get("head") + m[1]);
   });
 
+  let thumbsPending = false;
   const onThumbs = () => {
     rebuildThumbs();
+    thumbsPending = true;
     schedule();
   };
   const onFocus = () => {

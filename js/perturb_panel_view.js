@@ -99,6 +99,9 @@ function render({ model, el: host }) {
     for (const pos of s.positions || []) positionTable(positions, pos);
     model.set("painted", (model.get("painted") || 0) + 1);
     model.save_changes();
+    // For automation: how many summaries this view has painted, and when the last one was.
+    root.dataset.painted = String(model.get("painted"));
+    root.dataset.paintedAt = String(performance.now());
   };
   const paintBusy = () => root.classList.toggle("is-busy", !!model.get("busy"));
 
