@@ -2,6 +2,7 @@
 // Pairs with nbinspect/views/attention_view.py. Canvas only; token text via fillText/textContent.
 import { bytesOf, dequantize, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
+import { el, tooltip } from "./dom.js";
 import { bindSelection } from "./selection.js";
 
 const FOCUS_PX = 480; // side of the focused heatmap
@@ -24,13 +25,6 @@ const CSS = `
   border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; box-shadow: 0 1px 4px rgba(0,0,0,.15); }
 `;
 
-function el(tag, cls, parent) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (parent) parent.appendChild(e);
-  return e;
-}
-
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-attn", host);
@@ -46,7 +40,7 @@ async function render({ model, el: host }) {
   const body = el("div", "nbi-body", root);
   const grid = el("canvas", "nbi-grid", body);
   const focus = el("canvas", "nbi-focus", body);
-  const tip = el("div", "nbi-tip", root);
+  const tip = tooltip(root);
 
   let hover = null; // {i, j} cell under the pointer in the focus map
   let thumbImage = null;
@@ -215,14 +209,8 @@ async function render({ model, el: host }) {
     schedule();
   }
 
-  function showTip(evt, text) {
-    tip.textContent = text; // untrusted token text: textContent never parses HTML
-    tip.style.display = "block";
-    const box = root.getBoundingClientRect();
-    tip.style.left = `${evt.clientX - box.left + 14}px`;
-    tip.style.top = `${evt.clientY - box.top + 14}px`;
-  }
-  const hideTip = () => (tip.style.display = "none");
+  const showTip = tip.show;
+  const hideTip = tip.hide;
 
   const q = (s) => JSON.stringify(s); // shows quotes and escapes, so spaces and newlines are visible
 

@@ -3,6 +3,7 @@
 // Pairs with nbinspect/views/gradient_view.py. Canvas only; token text via fillText/textContent.
 import { float32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
+import { el, tooltip } from "./dom.js";
 import { bindSelection } from "./selection.js";
 
 const WIDTH = 640;
@@ -29,12 +30,6 @@ const CSS = `
   border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; }
 `;
 
-function make(tag, cls, parent) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 /** Signed scores: blue (negative) – white – red (positive); unsigned: white → red. */
 function colour(v, scale, signed) {
@@ -47,22 +42,22 @@ function colour(v, scale, signed) {
 
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
-  const root = make("div", "nbi-grad", host);
-  make("style", null, root).textContent = CSS;
-  const bar = make("div", "nbi-bar", root);
-  make("span", null, bar).textContent = "Attribution:";
-  const pick = make("select", null, bar);
+  const root = el("div", "nbi-grad", host);
+  el("style", null, root).textContent = CSS;
+  const bar = el("div", "nbi-bar", root);
+  el("span", null, bar).textContent = "Attribution:";
+  const pick = el("select", null, bar);
   for (const [value, label] of Object.entries(METHODS)) {
-    const o = make("option", null, pick);
+    const o = el("option", null, pick);
     o.value = value;
     o.textContent = label;
   }
-  const note = make("span", "nbi-note", bar);
-  const busy = make("span", "nbi-busy", bar);
+  const note = el("span", "nbi-note", bar);
+  const busy = el("span", "nbi-busy", bar);
   busy.textContent = "computing…";
-  const flagLine = make("div", "nbi-flags", root);
-  const canvas = make("canvas", "nbi-tokens", root);
-  const tip = make("div", "nbi-tip", root);
+  const flagLine = el("div", "nbi-flags", root);
+  const canvas = el("canvas", "nbi-tokens", root);
+  const tip = tooltip(root);
   let boxes = []; // [x, y, w, index] of each drawn token, for hit-testing
   let frame = 0;
 
@@ -146,19 +141,15 @@ async function render({ model, el: host }) {
     const y = evt.clientY - r.top;
     const hit = boxes.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + ROW);
     if (!hit) {
-      tip.style.display = "none";
+      tip.hide();
       return;
     }
     sel.set({ token: hit.i }, { throttle: true });
     const scores = float32sOf(model.get("scores"));
-    tip.textContent = `${JSON.stringify(model.get("tokens")[hit.i])} #${hit.i}\n${METHODS[model.get("method")]}: ${(scores[hit.i] ?? NaN).toExponential(3)}`;
-    tip.style.display = "block";
-    const box = root.getBoundingClientRect();
-    tip.style.left = `${evt.clientX - box.left + 12}px`;
-    tip.style.top = `${evt.clientY - box.top + 12}px`;
+    tip.show(evt, `${JSON.stringify(model.get("tokens")[hit.i])} #${hit.i}\n${METHODS[model.get("method")]}: ${(scores[hit.i] ?? NaN).toExponential(3)}`);
   });
   canvas.addEventListener("mouseleave", () => {
-    tip.style.display = "none";
+    tip.hide();
     sel.set({ token: -1 }, { throttle: true });
   });
 

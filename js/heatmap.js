@@ -25,7 +25,7 @@ export const LUT = (() => {
  * An offscreen canvas holding `bytes` (uint8, row-major, width × height) through the colour ramp.
  * @param {Uint8Array} bytes
  */
-export function mapImage(bytes, width, height) {
+export function mapImage(bytes, width, height, lut = LUT) {
   const canvas = document.createElement("canvas");
   canvas.width = Math.max(1, width);
   canvas.height = Math.max(1, height);
@@ -35,9 +35,9 @@ export function mapImage(bytes, width, height) {
   const n = Math.min(bytes.length, width * height);
   for (let i = 0; i < n; i++) {
     const q = bytes[i] * 3;
-    px[i * 4] = LUT[q];
-    px[i * 4 + 1] = LUT[q + 1];
-    px[i * 4 + 2] = LUT[q + 2];
+    px[i * 4] = lut[q];
+    px[i * 4 + 1] = lut[q + 1];
+    px[i * 4 + 2] = lut[q + 2];
     px[i * 4 + 3] = 255;
   }
   ctx.putImageData(img, 0, 0);
@@ -94,20 +94,5 @@ export function divergingColor(q) {
 
 /** Like mapImage, through the diverging ramp: `bytes` are signed uint8 values, row-major, width × height. */
 export function divergingImage(bytes, width, height) {
-  const canvas = document.createElement("canvas");
-  canvas.width = Math.max(1, width);
-  canvas.height = Math.max(1, height);
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(canvas.width, canvas.height);
-  const px = img.data;
-  const n = Math.min(bytes.length, width * height);
-  for (let i = 0; i < n; i++) {
-    const q = bytes[i] * 3;
-    px[i * 4] = DIVERGING_LUT[q];
-    px[i * 4 + 1] = DIVERGING_LUT[q + 1];
-    px[i * 4 + 2] = DIVERGING_LUT[q + 2];
-    px[i * 4 + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
-  return canvas;
+  return mapImage(bytes, width, height, DIVERGING_LUT);
 }

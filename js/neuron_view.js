@@ -3,6 +3,7 @@
 // Pairs with nbinspect/views/neuron_view.py. Canvas only; token text via fillText/textContent.
 import { bytesOf, dequantizeSigned, float32sOf, int32sOf } from "./codecs.js";
 import { divergingColor, divergingImage, fitText, sizeCanvas } from "./heatmap.js";
+import { el, tooltip } from "./dom.js";
 import { bindSelection } from "./selection.js";
 
 const HEAT_W = 400; // most width the neuron columns take (the whole view fits a ~900 px output area)
@@ -36,13 +37,6 @@ const CSS = `
   border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; box-shadow: 0 1px 4px rgba(0,0,0,.15); }
 `;
 
-function el(tag, cls, parent, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 const pct = (f) => `${(100 * f).toFixed(f > 0 && f < 0.01 ? 2 : 1)}%`;
 const num = (v) => (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.01) ? v.toExponential(2) : v.toFixed(3));
@@ -90,7 +84,7 @@ async function render({ model, el: host }) {
   const histCaption = el("div", "nbi-caption", side);
   const hist = el("canvas", "nbi-hist", side);
   const legend = el("div", "nbi-legend", side);
-  const tip = el("div", "nbi-tip", root);
+  const tip = tooltip(root);
 
   let heatImage = null;
   let frame = 0;
@@ -362,14 +356,8 @@ async function render({ model, el: host }) {
     schedule();
   }
 
-  function showTip(evt, text) {
-    tip.textContent = text; // untrusted token text: textContent never parses HTML
-    tip.style.display = "block";
-    const box = root.getBoundingClientRect();
-    tip.style.left = `${evt.clientX - box.left + 14}px`;
-    tip.style.top = `${evt.clientY - box.top + 14}px`;
-  }
-  const hideTip = () => (tip.style.display = "none");
+  const showTip = tip.show;
+  const hideTip = tip.hide;
 
   function heatCell(evt) {
     const g = geometry();

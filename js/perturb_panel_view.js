@@ -1,5 +1,6 @@
 // PredictionView: next-token predictions before and after a perturbation, for a few positions.
 // Pairs with nbinspect/views/perturb_panel.py. Text only: every string goes in through textContent.
+import { el } from "./dom.js";
 
 const CSS = `
 .nbi-pred { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; }
@@ -22,13 +23,6 @@ const CSS = `
 
 const BAR_PX = 60;
 
-function el(tag, cls, parent, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 // Token text shown with visible spaces and newlines, so " Paris" and "Paris" differ on screen.
 const show = (t) => JSON.stringify(t);
