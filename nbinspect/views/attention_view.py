@@ -7,8 +7,6 @@ The focus (``layer``, ``head``) and the hovered ``token`` are two-way traits.
 
 from __future__ import annotations
 
-import anywidget
-import ipywidgets
 import torch
 import traitlets
 
@@ -17,23 +15,16 @@ from ..adapters import Adapter, ModelParts
 from ..inputs import encode, token_strings
 from ._bundle import bundle
 from .attention_maps import AttentionMaps
-from .selection import Selection, link_focus
+from .selection import LinkedView, Selection
 
 
-class AttentionView(anywidget.AnyWidget):
+class AttentionView(LinkedView):
     _esm = bundle("attention_view")
 
-    #: Token texts, drawn as text on a canvas (never parsed as HTML).
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
-    #: The shared selection; the browser reads and writes focus and token there (see js/selection.js).
-    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
-    #: Focused layer and head, and the token under the pointer (-1: none), mirrored from ``selection``
-    #: both ways: clicks, arrow keys and hovers in the browser set them, and setting them moves the view.
-    layer = traitlets.Int(0)
+    #: Focused head (with ``layer``, the focused map; ``token``: the token under the pointer, -1 none),
+    #: mirrored from ``selection`` both ways: clicks, arrow keys and hovers in the browser set them.
     head = traitlets.Int(0)
-    token = traitlets.Int(-1)
     #: uint8 [layers, heads, c, c] thumbnails and their float32 [layers, heads] scales.
     thumbnails = traitlets.Bytes(b"").tag(sync=True)
     thumbnail_scales = traitlets.Bytes(b"").tag(sync=True)
@@ -47,8 +38,6 @@ class AttentionView(anywidget.AnyWidget):
     focus_of = traitlets.List(traitlets.Int(), default_value=[-1, -1]).tag(sync=True)
     #: True while the model recomputes (e.g. after a perturbation slider moved).
     busy = traitlets.Bool(False).tag(sync=True)
-    #: Set by the browser once the view has painted (used by tests and benchmarks).
-    painted = traitlets.Int(0).tag(sync=True)
 
     def __init__(
         self,
@@ -60,7 +49,7 @@ class AttentionView(anywidget.AnyWidget):
         **kwargs,
     ):
         self._maps = maps
-        adapter = maps.adapter
+        self._adapter = adapter = maps.adapter
         selection = (selection or Selection()).bound_to(
             n_tokens=len(tokens), n_layers=adapter.n_layers, n_heads=adapter.n_heads
         )
@@ -76,18 +65,11 @@ class AttentionView(anywidget.AnyWidget):
             selection=selection,
             **kwargs,
         )
-        link_focus(self, selection, ("layer", "head", "token"))
+        self._link(("layer", "head", "token"))
         # Follow the selection (not our mirrored traits): it holds the new layer and head together.
         selection.observe(self._focus_moved, ["layer", "head"])
         self._send_thumbnails()
         self._send_focus()
-
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal):
-        try:
-            return self._maps.adapter.check_layer(proposal["value"])
-        except IndexError as e:
-            raise traitlets.TraitError(str(e)) from None
 
     @traitlets.validate("head")
     def _valid_head(self, proposal):
@@ -95,13 +77,6 @@ class AttentionView(anywidget.AnyWidget):
             return self._maps.adapter.check_head(proposal["value"])
         except IndexError as e:
             raise traitlets.TraitError(str(e)) from None
-
-    @traitlets.validate("token")
-    def _valid_token(self, proposal):
-        value = proposal["value"]
-        if not -1 <= value < len(self.tokens):
-            raise traitlets.TraitError(f"token {value} is out of range: the text has tokens 0..{len(self.tokens) - 1} (-1 for none).")
-        return value
 
     def _focus_moved(self, change):
         self._send_focus()

@@ -28,7 +28,7 @@ from ..adapters import Adapter, ModelParts
 from ..gradients import METHODS, GradientNorms, gradient_norms, saliency
 from ..inputs import encode, token_strings
 from ._bundle import bundle
-from .selection import Selection, link_focus
+from .selection import Selection
 
 #: A layer is flagged when its gradient norm is this many times below or above the median layer's.
 FLAG_RATIO = 10.0

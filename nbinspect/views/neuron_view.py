@@ -29,18 +29,16 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import anywidget
-import ipywidgets
 import torch
 import traitlets
 
 from .. import codecs
 from ..adapters import Adapter, ModelParts
 from ..capture import Request, capture
-from ..perturb import model_lock
 from ..inputs import encode, token_strings
+from ..perturb import model_lock
 from ._bundle import bundle
-from .selection import Selection, link_focus
+from .selection import LinkedView, Selection
 
 RANKINGS = ("max_abs", "variance")
 #: Dead: |a| at most this fraction of the layer's largest |a|, at every token.
@@ -167,22 +165,16 @@ class NeuronActivations:
             self.layers[self.adapter.check_layer(layer)] = value[0].float()
 
 
-class NeuronView(anywidget.AnyWidget):
+class NeuronView(LinkedView):
     """A layer's top-k neurons per token, the displayed neuron over the text, and the layer's histogram."""
 
     _esm = bundle("neuron_view")
 
-    #: Token texts, drawn with fillText on a canvas (never parsed as HTML).
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    n_layers = traitlets.Int(0).tag(sync=True)
     n_neurons = traitlets.Int(0).tag(sync=True)
     #: The shared selection; the browser reads and writes layer, token and neuron there (js/selection.js).
-    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
-    #: Shown layer, selected neuron (-1: none, the layer's top neuron is displayed) and the token under the
-    #: pointer (-1: none), mirrored from ``selection`` both ways.
-    layer = traitlets.Int(0)
+    #: Selected neuron (-1: none, the layer's top neuron is displayed), mirrored from ``selection``
+    #: both ways like ``layer`` and ``token``.
     neuron = traitlets.Int(-1)
-    token = traitlets.Int(-1)
     #: How the top-k neurons are chosen: "max_abs" (largest |a| over the tokens) or "variance" (over tokens).
     rank_by = traitlets.Unicode("max_abs").tag(sync=True)
     #: How many neurons the heatmap shows (at most codecs.NEURON_TOP_K_MAX).
@@ -216,8 +208,6 @@ class NeuronView(anywidget.AnyWidget):
     neuron_values = traitlets.Bytes(b"").tag(sync=True)
     neuron_scale = traitlets.Float(0.0).tag(sync=True)
     neuron_of = traitlets.List(traitlets.Int(), default_value=[-1, -1]).tag(sync=True)
-    #: Set by the browser once the view has painted a layer's data (used by tests and benchmarks).
-    painted = traitlets.Int(0).tag(sync=True)
 
     def __init__(
         self,
@@ -230,7 +220,7 @@ class NeuronView(anywidget.AnyWidget):
         **kwargs,
     ):
         self._acts = acts
-        adapter = acts.adapter
+        self._adapter = adapter = acts.adapter
         self._bounds = saturation_bounds(adapter)
         self._stats: dict[tuple[int, str, int], LayerStats] = {}
         selection = (selection or Selection()).bound_to(
@@ -248,7 +238,7 @@ class NeuronView(anywidget.AnyWidget):
             saturation_note=self._saturation_note(adapter),
             **kwargs,
         )
-        link_focus(self, selection, ("layer", "neuron", "token"))
+        self._link(("layer", "neuron", "token"))
         # Follow the selection (not the mirrored traits): it holds a new layer and neuron together.
         selection.observe(self._layer_moved, ["layer"])
         selection.observe(self._neuron_moved, ["neuron"])
@@ -264,25 +254,11 @@ class NeuronView(anywidget.AnyWidget):
         return "saturated — n/a (the activation function has no upper bound)"
 
     # --- validation: a refused value loses nothing ----------------------------------------------
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal):
-        try:
-            return self._acts.adapter.check_layer(proposal["value"])
-        except IndexError as e:
-            raise traitlets.TraitError(str(e)) from None
-
     @traitlets.validate("neuron")
     def _valid_neuron(self, proposal):
         value, n = proposal["value"], self._acts.n_neurons
         if not -1 <= value < n:
             raise traitlets.TraitError(f"neuron {value} is out of range: this layer has neurons 0..{n - 1} (-1 for none).")
-        return value
-
-    @traitlets.validate("token")
-    def _valid_token(self, proposal):
-        value = proposal["value"]
-        if not -1 <= value < len(self.tokens):
-            raise traitlets.TraitError(f"token {value} is out of range: the text has tokens 0..{len(self.tokens) - 1} (-1 for none).")
         return value
 
     @traitlets.validate("rank_by")

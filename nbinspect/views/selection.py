@@ -8,6 +8,7 @@ kernel round trip; Python sees every change (read, set, observe) as ordinary tra
 from __future__ import annotations
 
 import anywidget
+import ipywidgets
 import traitlets
 
 from ._bundle import bundle
@@ -82,3 +83,40 @@ def link_focus(view, selection: Selection, names: tuple[str, ...]) -> None:
     """Keep ``view.<name>`` and ``selection.<name>`` equal (both ways) for each name."""
     for name in names:
         traitlets.link((selection, name), (view, name))
+
+
+class LinkedView(anywidget.AnyWidget):
+    """What every view of one text shares: its tokens, a shared :class:`Selection` and the mirrored
+    ``layer`` and ``token`` traits, checked against the model before they reach the selection.
+
+    Subclasses set ``self._adapter`` before calling ``__init__`` and call :meth:`_link` with the
+    names they mirror.
+    """
+
+    #: Token texts, drawn as text on a canvas (never parsed as HTML).
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(0).tag(sync=True)
+    #: The shared selection; the browser reads and writes layer, token (and more) there (js/selection.js).
+    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
+    #: Mirrored from ``selection`` both ways: clicks and hovers in the browser set them, setting them moves the views.
+    layer = traitlets.Int(0)
+    token = traitlets.Int(-1)
+    #: Set by the browser after it paints (used by tests and benchmarks).
+    painted = traitlets.Int(0).tag(sync=True)
+
+    def _link(self, names: tuple[str, ...]) -> None:
+        link_focus(self, self.selection, names)
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal):
+        try:
+            return self._adapter.check_layer(proposal["value"])
+        except IndexError as e:
+            raise traitlets.TraitError(str(e)) from None
+
+    @traitlets.validate("token")
+    def _valid_token(self, proposal):
+        value = proposal["value"]
+        if not -1 <= value < len(self.tokens):
+            raise traitlets.TraitError(f"token {value} is out of range: the text has tokens 0..{len(self.tokens) - 1} (-1 for none).")
+        return value
