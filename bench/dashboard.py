@@ -15,7 +15,6 @@ and with the kernel:
 import json
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tiny_models import FAMILIES, tiny
 
 from nbinspect.adapters import Adapter
-from nbinspect.capture import Request, capture
+from nbinspect.capture import capture
 from nbinspect.perturb import AddNoise, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from nbinspect.recompute import Recompute
 
