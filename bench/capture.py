@@ -136,11 +136,14 @@ def peak_in_this_process(config: str, n: int, device: str) -> float:
 
 def peak(config: str, n: int, device: str) -> float:
     # A fresh process per figure: allocators keep freed memory, so one measurement would skew the next.
-    out = subprocess.run(
-        [sys.executable, __file__, "--peak", config, str(n), "--device", device, "--threads", str(torch.get_num_threads())],
-        check=True, capture_output=True, text=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    command = [sys.executable, __file__, "--peak", config, str(n), "--device", device,
+               "--threads", str(torch.get_num_threads())]
+    for _ in range(2):  # one retry: in a shared working tree a file may be mid-edit when it is imported
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode == 0:
+            return float(out.stdout.strip().splitlines()[-1])
+    print(f"# peak {config} {n} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr, flush=True)
+    return float("nan")
 
 
 def main(sizes, repeats: int, device: str) -> None:
