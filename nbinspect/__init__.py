@@ -10,7 +10,6 @@ from .views.attention_view import AttentionView, attention
 from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
-from .views.neuron_view import NeuronView, neurons
 from .views.selection import Selection
 from .views.perturb_panel import PerturbPanel, PredictionView, sliders
 
@@ -18,8 +17,6 @@ __all__ = [
     "AttentionView",
     "attention",
     "Selection",
-    "NeuronView",
-    "neurons",
     "NeuronView",
     "neurons",
     "Dashboard",
