@@ -170,3 +170,4 @@ def test_a_view_never_runs_the_model_while_weights_are_being_edited():
     nbinspect.attention(model, CharTokenizer(), TEXT)
     assert time.perf_counter() - started >= 0.25
     t.join()
+

@@ -28,11 +28,12 @@ class LayerMaps:
     full_block: int
 
 
-def reduce_layer(weights: torch.Tensor, keep_full: bool) -> LayerMaps:
+def reduce_layer(weights: torch.Tensor, keep_full: bool, layer: int = -1) -> LayerMaps:
     """Reduce one layer's float32 weights [batch, heads, q, k] (batch 0 is shown)."""
     w = weights[0]
     thumb, t_block = codecs.pool_max(w, codecs.THUMBNAIL_CELLS)
     tq, ts = codecs.quantize(thumb)
+    codecs.check_finite(ts, f"the attention of layer {layer}")  # a head's max is NaN if any weight is
     fq = fs = None
     f_block = 1
     if keep_full:
@@ -56,7 +57,7 @@ class AttentionMaps:
 
     def _run(self, layers, focus_layer: int) -> None:
         def reduce(layer, weights):
-            return reduce_layer(weights, self.keep_all or layer == focus_layer)
+            return reduce_layer(weights, self.keep_all or layer == focus_layer, layer)
 
         model = self.adapter.model
         # The lock: never run while the perturbation worker has weights edited in place.
@@ -67,7 +68,7 @@ class AttentionMaps:
     def update(self, attention: dict[int, torch.Tensor], focus_layer: int) -> None:
         """Replace some layers' maps with new float32 weights (e.g. after a perturbation)."""
         for layer, weights in attention.items():
-            self.layers[layer] = reduce_layer(weights, self.keep_all or layer == focus_layer)
+            self.layers[layer] = reduce_layer(weights, self.keep_all or layer == focus_layer, layer)
 
     def full(self, layer: int) -> LayerMaps:
         maps = self.layers[layer]

@@ -159,6 +159,7 @@ class GradientView(ipywidgets.VBox):
         # Attribution explains the predicted next token where there is one, else the same target.
         self._attribution_target = None if target == "loss" else target
         self.norms = gradient_norms(adapter.model, inputs, target, parts=adapter.parts)
+        codecs.check_finite(self.norms.target, "the gradient target (loss or logit)")
         layer_norms = [float(v) for v in self.norms.layers]
         self.rows = norms_by_part(adapter, self.norms)
         flags = flag_layers(layer_norms)
@@ -195,9 +196,10 @@ class GradientView(ipywidgets.VBox):
         """Attribution per token for ``method`` (default: the one shown), float32 on the host."""
         method = method or self.strip.method
         if method not in self._scores:
-            self._scores[method] = saliency(
+            scores = saliency(
                 self._adapter.model, self._inputs, self._attribution_target, method=method, steps=IG_STEPS, progress=False, parts=self._adapter.parts
-            )[0].float().cpu()
+            )[0].float()
+            self._scores[method] = codecs.check_finite(scores, f"the {method} attribution").cpu()
         return self._scores[method]
 
     def _send_scores(self) -> None:

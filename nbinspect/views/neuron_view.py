@@ -85,7 +85,7 @@ def layer_stats(acts: torch.Tensor, k: int, rank_by: str, bounds: tuple[float, .
     if rank_by not in RANKINGS:
         raise ValueError(f"rank_by must be one of {RANKINGS}, got {rank_by!r}.")
     a = acts.float()
-    peak = a.abs().amax(dim=0)  # [neurons]
+    peak = codecs.check_finite(a.abs().amax(dim=0), "this layer's neuron activations")  # [neurons]
     scores = peak if rank_by == "max_abs" else a.var(dim=0, unbiased=False)
     indices = torch.topk(scores, min(k, a.shape[1])).indices
     lo, hi = float(a.min()), float(a.max())
