@@ -118,6 +118,7 @@ class Recompute:
     model : a transformer nbinspect supports (see :mod:`nbinspect.adapters`).
     inputs : the model inputs, e.g. from ``nbinspect.inputs.encode`` (batch of 1 recommended).
     attention : record attention weights for these layers on every run (``True``: all layers).
+    neurons : likewise for MLP neuron activations (what a :class:`~nbinspect.NeuronView` shows).
     parts : module paths for a model family nbinspect does not know.
 
     Attributes
@@ -126,15 +127,18 @@ class Recompute:
     latest : the :class:`Result` of the latest run.
     attention : layer -> the latest attention weights of every recorded layer (kept across runs, so
         layers a run did not recompute still hold the weights that are current for them).
+    neurons : layer -> the latest neuron activations ``[batch, tokens, neurons]``, kept the same way.
     runs : how many runs were computed (the baseline included).
     """
 
-    def __init__(self, model: nn.Module, inputs: dict, *, attention=None, parts: ModelParts | None = None):
+    def __init__(self, model: nn.Module, inputs: dict, *, attention=None, neurons=None, parts: ModelParts | None = None):
         self.adapter = Adapter.of(model, parts)
         self.model = model
         self.inputs = dict(inputs)
         self.attention_layers = _as_layers(self.adapter, attention)
         self.attention: dict[int, torch.Tensor] = {}
+        self.neuron_layers = _as_layers(self.adapter, neurons)
+        self.neurons: dict[int, torch.Tensor] = {}
         self.runs = 0
         self._lock = model_lock(model)  # shared with views that run the same model themselves
         self._kept: list[tuple[tuple, dict] | None] = [None] * self.adapter.n_layers
@@ -166,10 +170,14 @@ class Recompute:
     # --- the two ways a run is made ----------------------------------------------------------------
     def _run_from(self, start: int, edits: tuple[Edit, ...]) -> Result:
         self._edits = ()  # if this run fails half way, the kept inputs no longer describe any stack
-        layers = self.attention_layers if start < 0 else [i for i in self.attention_layers if i >= start]
-        request = Request(layers=layers) if layers else None
+        def request(wanted: list[int]) -> Request | None:
+            layers = wanted if start < 0 else [i for i in wanted if i >= start]
+            return Request(layers=layers) if layers else None
+
         try:
-            with torch.no_grad(), capture(self.model, attention=request) as record:
+            with torch.no_grad(), capture(
+                self.model, attention=request(self.attention_layers), neurons=request(self.neuron_layers)
+            ) as record:
                 if start < 0 or any(k is None for k in self._kept):
                     start = -1
                     hidden = self._full()
@@ -180,6 +188,7 @@ class Recompute:
             raise
         attention = {i: w for i, w in record.attention.items()}
         self.attention.update(attention)
+        self.neurons.update(record.neurons)
         self._edits = edits
         self.runs += 1
         return Result(hidden, attention, start, edits, self.adapter, self._lock)

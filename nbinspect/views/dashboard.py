@@ -41,7 +41,8 @@ class Dashboard(ipywidgets.VBox):
             children += [self._heading("MLP neurons"), self.neurons]
         children += [self._heading("Gradients"), self.gradients]
         if perturb:
-            self.perturb = sliders(model, tokenizer, text, views=[self.attention], show_views=False, parts=parts)
+            shown = [v for v in (self.attention, self.neurons) if v is not None]
+            self.perturb = sliders(model, tokenizer, text, views=shown, show_views=False, parts=parts)
             self._follow_selection()
             children += [self._heading("Perturb and recompute"), self.perturb]
         super().__init__(children=children)

@@ -234,7 +234,10 @@ class PerturbPanel(widgets.VBox):
         self.tokens = token_strings(tokenizer, inputs["input_ids"])
         n_tokens = len(self.tokens)
         wants_attention = any(hasattr(v, "set_attention") for v in self.views)
-        self.recompute = Recompute(model, inputs, attention=True if wants_attention else None, parts=parts)
+        wants_neurons = adapter.parts.neurons is not None and any(hasattr(v, "set_activations") for v in self.views)
+        self.recompute = Recompute(
+            model, inputs, attention=True if wants_attention else None, neurons=True if wants_neurons else None, parts=parts
+        )
         self._before: dict[tuple, torch.Tensor] = {}  # positions -> baseline logits (or hidden states)
         self._unshown_from = adapter.n_layers  # first layer computed since the views were last repainted
         self.last_latency_ms: float | None = None
@@ -347,14 +350,15 @@ class PerturbPanel(widgets.VBox):
         return summary
 
     def _publish(self, value, summary: dict) -> None:
-        layers = [i for i in sorted(self.recompute.attention) if i >= self._unshown_from]
-        self._unshown_from = self.adapter.n_layers
+        start, self._unshown_from = self._unshown_from, self.adapter.n_layers
         self.prediction.summary = summary
-        if layers:
-            attention = {i: self.recompute.attention[i] for i in layers}
-            for view in self.views:
-                if hasattr(view, "set_attention"):
-                    view.set_attention(attention)
+        attention = {i: w for i, w in sorted(self.recompute.attention.items()) if i >= start}
+        neurons = {i: a for i, a in sorted(self.recompute.neurons.items()) if i >= start}
+        for view in self.views:
+            if attention and hasattr(view, "set_attention"):
+                view.set_attention(attention)
+            if neurons and hasattr(view, "set_activations"):
+                view.set_activations(neurons)
         self.last_latency_ms = 1000 * (time.perf_counter() - value[2])
 
     def _baseline(self, positions: tuple[int, ...], head: bool) -> torch.Tensor:
