@@ -175,13 +175,8 @@ def _check_factor(edit: Edit, factor) -> None:
 # --- the edits ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScaleHead(Edit):
-    """Multiply one attention head's output by ``factor`` (0 switches the head off; see the module doc)."""
-
-    layer: int
-    head: int
-    factor: float
+class _OneLayerScale(Edit):
+    """Shared by the edits that multiply something in one layer (``self.layer``) by ``self.factor``."""
 
     @property
     def neutral(self) -> bool:
@@ -189,6 +184,15 @@ class ScaleHead(Edit):
 
     def layers(self, adapter: Adapter) -> set[int]:
         return {_check_layer(adapter, self.layer, self)}
+
+
+@dataclass(frozen=True)
+class ScaleHead(_OneLayerScale):
+    """Multiply one attention head's output by ``factor`` (0 switches the head off; see the module doc)."""
+
+    layer: int
+    head: int
+    factor: float
 
     def changes(self, adapter: Adapter) -> list[Change]:
         _check_factor(self, self.factor)
@@ -212,19 +216,12 @@ class ScaleHead(Edit):
 
 
 @dataclass(frozen=True)
-class ScaleNeuron(Edit):
+class ScaleNeuron(_OneLayerScale):
     """Multiply one MLP neuron's activation, as the down projection reads it, by ``factor``."""
 
     layer: int
     neuron: int
     factor: float
-
-    @property
-    def neutral(self) -> bool:
-        return self.factor == 1
-
-    def layers(self, adapter: Adapter) -> set[int]:
-        return {_check_layer(adapter, self.layer, self)}
 
     def changes(self, adapter: Adapter) -> list[Change]:
         _check_factor(self, self.factor)
@@ -241,38 +238,14 @@ class ScaleNeuron(Edit):
 
 _SUBLAYERS = {"attention": "attention_output", "mlp": "neurons"}
 
-_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_model_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock held while a model's weights are edited in place and while a view runs it.
-
-    The perturbation sliders edit weights on a worker thread; a view that runs the model on the
-    kernel thread meanwhile (e.g. to recompute a layer it did not keep) takes this lock first, so it
-    never sees half-edited weights.
-    """
-    with _model_locks_guard:
-        lock = _model_locks.get(model)
-        if lock is None:
-            lock = _model_locks[model] = threading.RLock()
-        return lock
-
 
 @dataclass(frozen=True)
-class ScaleLayer(Edit):
+class ScaleLayer(_OneLayerScale):
     """Multiply a whole layer's attention or MLP output (weights and bias of its output projection)."""
 
     layer: int
     part: str  # "attention" or "mlp"
     factor: float
-
-    @property
-    def neutral(self) -> bool:
-        return self.factor == 1
-
-    def layers(self, adapter: Adapter) -> set[int]:
-        return {_check_layer(adapter, self.layer, self)}
 
     def changes(self, adapter: Adapter) -> list[Change]:
         _check_factor(self, self.factor)
@@ -428,6 +401,24 @@ def changed_from(adapter: Adapter, old: Iterable[Edit], new: Iterable[Edit]) -> 
 
 
 # --- the context manager ----------------------------------------------------------------------------
+
+
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock held while a model's weights are edited in place and while a view runs it.
+
+    The perturbation sliders edit weights on a worker thread; a view that runs the model on the
+    kernel thread meanwhile (e.g. to recompute a layer it did not keep) takes this lock first, so it
+    never sees half-edited weights.
+    """
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
 
 
 class perturb:
