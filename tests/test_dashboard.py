@@ -36,3 +36,14 @@ def test_a_slider_move_repaints_attention_and_neurons_with_the_edited_run():
     panel.reset()
     assert panel.wait()
     torch.testing.assert_close(d.neurons.activations(2), before, atol=1e-5, rtol=1e-5)
+
+
+def test_a_click_that_changes_no_edit_does_not_recompute():
+    d = nbinspect.inspect(tiny("llama"), CharTokenizer(), TEXT)
+    assert d.perturb.wait()
+    runs = d.perturb.recompute.runs
+    d.selection.layer, d.selection.head = 2, 3  # moves the head sliders, whose scale is still 1
+    assert d.perturb.wait() and d.perturb.recompute.runs == runs
+    d.perturb.head_factor.value = 0.0  # now the selected head is switched off: one run
+    assert d.perturb.wait() and d.perturb.recompute.runs == runs + 1
+    assert d.perturb.prediction.summary["edits"] == [repr(nbinspect.ScaleHead(2, 3, 0.0))]

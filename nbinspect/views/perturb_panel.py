@@ -268,6 +268,7 @@ class PerturbPanel(widgets.VBox):
         self.reset_button = widgets.Button(description="reset", tooltip="Give back the original model")
         self.prediction = PredictionView()
 
+        self._last_request = None
         self.scheduler = LatestWins(self._compute, self._publish, self._set_busy, threaded=threaded)
         controls = [
             self.head_layer, self.head, self.head_factor,
@@ -318,15 +319,21 @@ class PerturbPanel(widgets.VBox):
         self.head_factor.value = 1.0
         self.neuron_factor.value = 1.0
         self.noise_sigma.value = 0.0
-        self._changed()
+        self._changed(force=True)
 
     def wait(self, timeout: float | None = 60.0) -> bool:
         """Block until the views show the latest slider values (for scripts and notebooks run headless)."""
         return self.scheduler.wait(timeout)
 
     # --- the pipeline: kernel thread -> mailbox -> worker ------------------------------------------
-    def _changed(self, change=None) -> None:
-        self.scheduler.submit((self.edits, tuple(self.positions()), time.perf_counter()))
+    def _changed(self, change=None, force: bool = False) -> None:
+        # Moving a slider that no edit reads (e.g. the head slider while its scale is 1, which the
+        # dashboard does on every click in a view) describes the same run: nothing to recompute.
+        request = (self.edits, tuple(self.positions()))
+        if request == self._last_request and not force:
+            return
+        self._last_request = request
+        self.scheduler.submit((*request, time.perf_counter()))
 
     def _set_busy(self, busy: bool) -> None:
         self.prediction.busy = busy
