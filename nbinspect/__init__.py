@@ -4,6 +4,7 @@ from .adapters import ModelParts, UnsupportedModelError
 from .capture import HeadOutputs, Record, Request, Residual, Routing, capture, run
 from .gradients import GradientNorms, gradient_norms, saliency
 from .loading import load
+from .magics import load_ipython_extension
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .recompute import Recompute
 from .views.attention_view import AttentionView, attention
@@ -34,6 +35,7 @@ __all__ = [
     "capture",
     "gradient_norms",
     "load",
+    "load_ipython_extension",
     "run",
     "saliency",
     "AblateHead",
