@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 
 import numpy as np
 import torch
@@ -85,8 +86,51 @@ def float32_bytes(t: torch.Tensor) -> bytes:
     return to_bytes(t.float())
 
 
+#: Characters a token label shows as a visible marker (``⟨U+202E⟩``) instead of as themselves: bidi
+#: controls would reorder the label (a token ``\u202eevil`` reads "live"), and zero-width or other
+#: invisible characters would hide that a token holds anything at all; code hosts flag hidden bidi text
+#: the same way. That is every control (Cc), format (Cf: bidi controls U+202A–202E, U+2066–2069,
+#: U+200E/F, U+061C, zero-width U+200B–200D, U+2060, U+FEFF, soft hyphen, tags), line/paragraph
+#: separator (Zl, Zp) and lone surrogate (Cs) — except newline and tab, which the views draw as ↵ and ⇥ —
+#: plus these letters and marks that draw nothing (Hangul fillers, the combining grapheme joiner,
+#: Khmer's invisible vowels).
+_INVISIBLE_GRAPHIC = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+_HIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+_KEPT_CONTROLS = frozenset("\n\t")
+
+
+def _shown(ch: str) -> str:
+    if ch in _KEPT_CONTROLS:
+        return ch
+    if ch in _INVISIBLE_GRAPHIC or unicodedata.category(ch) in _HIDDEN_CATEGORIES:
+        return f"⟨U+{ord(ch):04X}⟩"
+    return ch
+
+
 def clip_tokens(tokens: list[str]) -> list[str]:
-    return [t if len(t) <= MAX_TOKEN_CHARS else t[: MAX_TOKEN_CHARS - 1] + "…" for t in tokens]
+    """Token text as every view labels it: hidden characters made visible, at most ``MAX_TOKEN_CHARS``.
+
+    The one place token text is made safe to show (see ``_INVISIBLE_GRAPHIC``); a label longer than
+    the limit keeps its first characters and ends in "…", and a marker is never cut in half.
+    """
+    return [_clip_token(t) for t in tokens]
+
+
+def _clip_token(token: str) -> str:
+    if len(token) <= MAX_TOKEN_CHARS and token.isprintable() and _INVISIBLE_GRAPHIC.isdisjoint(token):
+        return token  # the common case, checked at C speed
+    pieces, length = [], 0
+    for ch in token[:MAX_TOKEN_CHARS]:  # a hostile token may be megabytes: only its start can be shown
+        piece = _shown(ch)
+        pieces.append(piece)
+        length += len(piece)
+        if length > MAX_TOKEN_CHARS:
+            break
+    if length <= MAX_TOKEN_CHARS and len(token) <= MAX_TOKEN_CHARS:
+        return "".join(pieces)
+    while length > MAX_TOKEN_CHARS - 1:  # room for the "…"
+        length -= len(pieces.pop())
+    return "".join(pieces) + "…"
 
 
 # --- signed values (MLP neuron activations) ----------------------------------------------------

@@ -16,7 +16,8 @@ already there) are put back as they were. For gradients of captured activations,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, ModelParts
+from .inputs import check_inputs
 
 Target = str | int | Callable | None
 METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
@@ -32,6 +34,10 @@ METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
 @dataclass
 class GradientNorms:
     """L2 norms of the target's gradient, as 0-d float32 tensors on each parameter's device.
+
+    Every norm is accumulated in float64 (each parameter's sum of squares, and the sums over modules
+    and blocks) and rounded to float32 once at the end, so it matches a float64 computation to float32
+    precision; a float32 ``Tensor.norm()`` of a large gradient is off by up to ~1e-3 relative.
 
     parameters: parameter name -> norm (a tied weight appears under each of its names).
     modules: module name -> norm over all its parameters (``""`` is the whole model).
@@ -45,15 +51,55 @@ class GradientNorms:
     target: torch.Tensor
 
 
-def _as_inputs(inputs) -> dict[str, torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return {"input_ids": inputs}
-    if isinstance(inputs, Mapping) and "input_ids" in inputs:
-        return dict(inputs)
-    raise TypeError(
-        "expected the model inputs as a tensor of token ids or a tokenizer's output (a dict with 'input_ids'), "
-        f"got {type(inputs).__name__}."
-    )
+def _check_target(adapter: Adapter, target: Target, inputs: dict, *, allow_none: bool) -> Target:
+    """Refuse a target that cannot work before the forward pass: the message comes at once, not after it.
+
+    Returns the target with integer-like ids (numpy, 0-d tensors) turned into ``int``.
+    """
+    if isinstance(target, str):
+        if target != "loss":
+            raise ValueError(f"unknown target {target!r}: pass 'loss', a token id or a function of the output.")
+        if adapter.unembedding() is None:
+            raise ValueError(
+                f"target='loss' needs a model that computes a language-modelling loss (a ...ForCausalLM), but this "
+                f"{adapter.family!r} model ({type(adapter.model).__name__}) has no LM head; pass a function of the output instead."
+            )
+        if "labels" not in inputs and inputs["input_ids"].shape[-1] < 2:
+            raise ValueError(
+                "target='loss' needs at least two tokens (the loss scores each token's prediction of the next one), "
+                "but the input has one; pass a token id or a function of the output as target instead, or a longer text."
+            )
+        return target
+    if target is None:
+        if not allow_none:
+            raise ValueError("gradient_norms needs a target: 'loss', a token id or a function of the output.")
+        if adapter.unembedding() is None:
+            raise ValueError(
+                "the default target is the predicted next token, but this model returns no logits; "
+                "pass a token id or a function of the output as target."
+            )
+        return None
+    if callable(target) and not isinstance(target, torch.Tensor):
+        return target
+    if isinstance(target, bool) or isinstance(target, float) or (
+        isinstance(target, torch.Tensor) and (target.numel() != 1 or target.is_floating_point() or target.dtype == torch.bool)
+    ):
+        raise TypeError(f"target must be 'loss', a whole-number token id or a function of the output, got {target!r}.")
+    try:
+        token = operator.index(target)
+    except TypeError:
+        raise TypeError(
+            f"target must be 'loss', a token id or a function of the output, got {target!r} ({type(target).__name__})."
+        ) from None
+    head = adapter.unembedding()
+    if head is None:
+        raise ValueError(
+            f"a token target needs logits, but this {adapter.family!r} model has no LM head; pass a function of the output instead."
+        )
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    if not 0 <= token < vocab:
+        raise IndexError(f"target token id {token} is out of range: the vocabulary has ids 0..{vocab - 1}.")
+    return token
 
 
 def _value(output, target: Target, tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,6 +139,44 @@ def _forward_inputs(inputs: dict, target: Target) -> dict:
 
 
 @contextmanager
+def _finite_watch(adapter: Adapter):
+    """Note, per forward, whether each block's output is finite (a device flag; read only on failure)."""
+    flags: list[tuple[int, torch.Tensor]] = []
+
+    def watch(i: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(hidden, torch.Tensor):
+                flags.append((i, torch.isfinite(hidden.detach()).all()))
+
+        return hook
+
+    handles = [layer.register_forward_hook(watch(i)) for i, layer in enumerate(adapter.layers)]
+    try:
+        yield flags
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_finite(value: torch.Tensor, flags: list[tuple[int, torch.Tensor]], target: Target) -> None:
+    """Refuse a NaN or infinite target (its gradients would be NaN too), naming the first layer that broke."""
+    if bool(torch.isfinite(value.detach()).all()):
+        return
+    first = next((i for i, ok in flags if not bool(ok)), None)
+    where = (
+        f"the output of layer {first} is the first that is not finite"
+        if first is not None
+        else "every layer's output is finite, so the output head or the target function is not"
+    )
+    what = "loss" if target == "loss" else ("predicted token's logit" if target is None else "target")
+    raise ValueError(
+        f"the {what} is NaN or infinite ({where}), so its gradients mean nothing; the model's weights are probably "
+        "not finite (check with `any(p.isnan().any() for p in model.parameters())`)."
+    )
+
+
+@contextmanager
 def _restoring(model: nn.Module, *, requires_grad: bool, eval_mode: bool):
     """Set every parameter's ``requires_grad``, clear ``.grad``, and put all of it back afterwards."""
     params = list(model.parameters())
@@ -120,9 +204,9 @@ def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mo
     ``eval_mode`` runs with dropout off (the model's own flag is restored either way).
     """
     adapter = Adapter.of(model, parts)
-    inputs = _forward_inputs(_as_inputs(inputs), target)
-    if target is None:
-        raise ValueError("gradient_norms needs a target: 'loss', a token id or a function of the output.")
+    inputs = check_inputs(adapter, inputs)
+    target = _check_target(adapter, target, inputs, allow_none=False)
+    inputs = _forward_inputs(inputs, target)
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
@@ -130,28 +214,36 @@ def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mo
     handles = []
 
     def on_grad(p: torch.Tensor) -> None:
-        by_id[id(p)] = p.grad.detach().float().norm()
+        by_id[id(p)] = _norm64(p.grad.detach())
         p.grad = None  # only the norm is kept: the full gradient is freed as soon as it is complete
 
-    with _restoring(model, requires_grad=True, eval_mode=eval_mode) as params:
+    with _restoring(model, requires_grad=True, eval_mode=eval_mode) as params, _finite_watch(adapter) as flags:
         try:
             for p in params:
                 handles.append(p.register_post_accumulate_grad_hook(on_grad))
             with torch.enable_grad():
                 value = _value(model(**inputs), target)
+                _check_finite(value, flags, target)
                 value.backward()
         finally:
             for handle in handles:
                 handle.remove()
-    parameters = {name: by_id[i] for i, ns in names.items() if i in by_id for name in ns}
+    parameters = {name: by_id[i].float() for i, ns in names.items() if i in by_id for name in ns}
     modules = {}
     for module_name, module in model.named_modules():
         squares = [by_id[id(p)].square().to(value.device) for p in module.parameters() if id(p) in by_id]
         if squares:
-            modules[module_name] = torch.stack(squares).sum().sqrt()
+            modules[module_name] = torch.stack(squares).sum().sqrt().float()
     prefix = {id(m): n for n, m in model.named_modules()}
     layers = [modules.get(prefix[id(block)], torch.zeros(())) for block in adapter.layers]
     return GradientNorms(parameters, modules, layers, value.detach())
+
+
+def _norm64(g: torch.Tensor) -> torch.Tensor:
+    """L2 norm accumulated in float64 (0-d float64); MPS has no float64, so its gradients are read on the host."""
+    if g.device.type == "mps":
+        g = g.cpu()
+    return torch.linalg.vector_norm(g, dtype=torch.float64)
 
 
 def saliency(model: nn.Module, inputs, target: Target = None, *, method: str = "grad_x_input", steps: int = 32,
@@ -167,19 +259,24 @@ def saliency(model: nn.Module, inputs, target: Target = None, *, method: str = "
         ``x/|x|``, which the steps cannot resolve; pass a small non-zero ``baseline`` there.
     Parameters are frozen while it runs (cheaper: no weight gradients) and restored afterwards.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}.")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"integrated gradients needs a positive whole number of steps, got {steps!r}.")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}.")
     adapter = Adapter.of(model, parts)
     embedding = adapter.embedding()
     if embedding is None:
         raise ValueError(f"saliency needs the input embedding, which this {adapter.family!r} model's parts do not name.")
-    inputs = _as_inputs(inputs)
+    inputs = check_inputs(adapter, inputs)
+    target = _check_target(adapter, target, inputs, allow_none=True)
     ids = inputs["input_ids"]
+    if baseline is not None:
+        baseline = _check_baseline(baseline, (*ids.shape, embedding.weight.shape[-1]))
     rest = {k: v for k, v in _forward_inputs(inputs, target).items() if k != "input_ids"}
 
-    with _restoring(model, requires_grad=False, eval_mode=True):
+    with _restoring(model, requires_grad=False, eval_mode=True), _finite_watch(adapter) as flags:
         with torch.no_grad():
             embeds = embedding(ids)
             tokens = None
@@ -190,23 +287,47 @@ def saliency(model: nn.Module, inputs, target: Target = None, *, method: str = "
                         "the default target is the predicted next token, but this model returns no logits; "
                         "pass a token id or a function of the output as target."
                     )
+                _check_finite(logits[:, -1].amax(), flags, target)
                 tokens = logits[:, -1].argmax(-1)
 
         def gradient(x: torch.Tensor) -> torch.Tensor:
             x = x.detach().requires_grad_(True)
+            flags.clear()
             with torch.enable_grad():
-                (grad,) = torch.autograd.grad(_value(model(inputs_embeds=x, **rest), target, tokens), x)
+                value = _value(model(inputs_embeds=x, **rest), target, tokens)
+                _check_finite(value, flags, target)
+                (grad,) = torch.autograd.grad(value, x)
             return grad
 
         if method == "grad_norm":
             return gradient(embeds).float().norm(dim=-1)
         if method == "grad_x_input":
             return (gradient(embeds).float() * embeds.float()).sum(dim=-1)
-        base = torch.zeros_like(embeds) if baseline is None else baseline.to(embeds)
+        base = torch.zeros_like(embeds) if baseline is None else baseline.to(embeds).expand_as(embeds)
         total = torch.zeros_like(embeds, dtype=torch.float32)
         for k in _progress(range(steps), progress, "integrated gradients"):
             total += gradient(base + (k + 0.5) / steps * (embeds - base)).float()
         return ((embeds - base).float() * total / steps).sum(dim=-1)
+
+
+def _check_baseline(baseline, shape: tuple[int, ...]) -> torch.Tensor:
+    """The integrated-gradients baseline, which must be the embeddings' shape or broadcast to it."""
+    if not isinstance(baseline, torch.Tensor):
+        raise TypeError(f"baseline must be a tensor shaped like the input embeddings {list(shape)}, got {type(baseline).__name__}.")
+    if not baseline.is_floating_point():
+        raise TypeError(f"baseline must hold floating-point embedding values, got {baseline.dtype}.")
+    try:
+        fits = torch.broadcast_shapes(baseline.shape, shape) == torch.Size(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"baseline has shape {list(baseline.shape)} but the input embeddings have shape {list(shape)} "
+            f"[batch, tokens, hidden]; pass a baseline of that shape (or [{shape[-1]}], one embedding for every token)."
+        )
+    if not bool(torch.isfinite(baseline).all()):
+        raise ValueError("baseline contains NaN or infinite values; integrated gradients needs a finite starting point.")
+    return baseline
 
 
 def _progress(iterable, show: bool, description: str):

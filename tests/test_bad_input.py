@@ -21,3 +21,143 @@ def test_nan_weights_get_a_clear_error_and_lose_nothing(make):
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
     assert all(torch.equal(saved[k], v) or (saved[k].isnan() == v.isnan()).all() for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training
+
+
+# --- gradients: every bad input refused before any forward, with the argument named -------------------
+
+
+class NoForward:
+    """Fails the test if the model runs: the errors below must come before any forward pass."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        def refuse(module, args, kwargs):
+            raise AssertionError("the model ran a forward pass before the input was checked")
+
+        self.handle = self.model.register_forward_pre_hook(refuse, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+IDS = torch.tensor([[5, 6, 7]])
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m: nbinspect.gradient_norms(m, torch.tensor([[5]]), "loss"), ValueError, "at least two tokens"),
+        (lambda m: nbinspect.gradient_norms(m, torch.zeros(1, 0, dtype=torch.long)), ValueError, r"inputs is empty"),
+        (lambda m: nbinspect.gradient_norms(m, torch.zeros(1, 3)), TypeError, r"inputs must hold integer token ids.*float32"),
+        (lambda m: nbinspect.gradient_norms(m, torch.tensor([[1, 128]])), ValueError, r"token id 128.*ids 0\.\.127"),
+        (lambda m: nbinspect.gradient_norms(m, torch.tensor([[1, -1]])), ValueError, r"token id -1.*ids 0\.\.127"),
+        (lambda m: nbinspect.gradient_norms(m, {"input_ids": [[1, 2]]}), TypeError, "return_tensors='pt'"),
+        (lambda m: nbinspect.gradient_norms(m, "some text"), TypeError, "inputs must be a tensor of token ids"),
+        (lambda m: nbinspect.gradient_norms(m, torch.zeros(1, 1, 3, dtype=torch.long)), ValueError, r"shape \[1, 1, 3\]"),
+        (lambda m: nbinspect.gradient_norms(m, torch.zeros(1, 257, dtype=torch.long)), ValueError, "257 tokens.*at most 256"),
+        (lambda m: nbinspect.gradient_norms(m, {"input_ids": IDS, "attention_mask": torch.ones(1, 4)}), ValueError,
+         r"attention_mask.*\[1, 4\].*\[1, 3\]"),
+        (lambda m: nbinspect.gradient_norms(m, IDS, 128), IndexError, r"target token id 128.*0\.\.127"),
+        (lambda m: nbinspect.gradient_norms(m, IDS, 2.0), TypeError, "target"),
+        (lambda m: nbinspect.gradient_norms(m, IDS, True), TypeError, "target"),
+        (lambda m: nbinspect.gradient_norms(m, IDS, "los"), ValueError, "unknown target 'los'"),
+        (lambda m: nbinspect.gradient_norms(m, IDS, None), ValueError, "needs a target"),
+        (lambda m: nbinspect.saliency(m, torch.zeros(1, 0, dtype=torch.long)), ValueError, "inputs is empty"),
+        (lambda m: nbinspect.saliency(m, torch.zeros(1, 3)), TypeError, "integer token ids"),
+        (lambda m: nbinspect.saliency(m, torch.tensor([[1, 999]])), ValueError, r"token id 999.*0\.\.127"),
+        (lambda m: nbinspect.saliency(m, IDS, 128), IndexError, "target token id 128"),
+        (lambda m: nbinspect.saliency(m, torch.tensor([[5]]), "loss"), ValueError, "at least two tokens"),
+        (lambda m: nbinspect.saliency(m, IDS, method="integrated_gradients", baseline=torch.zeros(4, 32)), ValueError,
+         r"baseline has shape \[4, 32\].*embeddings have shape \[1, 3, 32\]"),
+        (lambda m: nbinspect.saliency(m, IDS, method="integrated_gradients", baseline=[0.0] * 32), TypeError, "baseline"),
+        (lambda m: nbinspect.saliency(m, IDS, method="integrated_gradients", baseline=torch.full((32,), float("nan"))),
+         ValueError, "baseline contains NaN"),
+        (lambda m: nbinspect.saliency(m, IDS, method="integrated_gradients", steps=2.5), ValueError, "steps"),
+        (lambda m: nbinspect.saliency(m, IDS, method=None), ValueError, "method"),
+    ],
+)
+def test_gradient_inputs_are_checked_before_any_forward(call, error, match):
+    model = tiny("llama")
+    with NoForward(model), pytest.raises(error, match=match):
+        call(model)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_one_token_text_in_gradient_flow_and_inspect_says_the_loss_needs_two_tokens():
+    for make in (nbinspect.gradient_flow, nbinspect.inspect):
+        with pytest.raises(ValueError, match="at least two tokens.*token id or a function of the output"):
+            make(tiny("llama"), CharTokenizer(), "a")
+
+
+def test_one_token_still_works_with_a_token_target_and_a_one_row_tensor():
+    model = tiny("llama")
+    norms = nbinspect.gradient_norms(model, torch.tensor([5]), 7)  # [tokens] is a batch of one
+    assert all(float(v) > 0 for v in norms.layers)
+    assert nbinspect.saliency(model, torch.tensor([[5]]), 7).shape == (1, 1)
+
+
+def test_nan_weights_give_a_gradient_error_naming_the_first_broken_layer():
+    model = tiny("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="output of layer 1 is the first that is not finite"):
+        nbinspect.gradient_norms(model, IDS)
+    with pytest.raises(ValueError, match="output of layer 1 is the first that is not finite"):
+        nbinspect.saliency(model, IDS)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_norms_are_accumulated_in_float64():
+    # A 1M-element unembedding: float32 Tensor.norm() is off by ~5e-4 relative here; float64 accumulation
+    # rounded once to float32 is within one float32 rounding (6e-8) of the float64 answer.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 4096, (1, 16), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad.double() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    result = nbinspect.gradient_norms(model, ids)
+    for name, g in grads.items():
+        assert result.parameters[name].dtype == torch.float32
+        torch.testing.assert_close(result.parameters[name].double(), g.square().sum().sqrt(), rtol=1.2e-7, atol=0)
+    layer = [g for n, g in grads.items() if n.startswith("model.layers.1.")]
+    expected = torch.stack([g.square().sum() for g in layer]).sum().sqrt()
+    torch.testing.assert_close(result.layers[1].double(), expected, rtol=1.2e-7, atol=0)
+
+
+# --- token text: hidden characters drawn visibly, in the one place every view takes labels from --------
+
+
+def test_bidi_and_invisible_characters_are_shown_as_markers():
+    from nbinspect.codecs import MAX_TOKEN_CHARS, clip_tokens
+
+    hidden = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c\u200b\u200c\u200d\u2060\ufeff\x00\x1b\u2028\u3164"
+    for ch in hidden:
+        (shown,) = clip_tokens([f"a{ch}b"])
+        assert shown == f"a⟨U+{ord(ch):04X}⟩b"
+    assert clip_tokens(["\u202eevil", "<img src=x onerror=alert(1)>", " the", "é", "日本", "\n", "\t"]) == [
+        "⟨U+202E⟩evil", "<img src=x onerror=alert(1)>", " the", "é", "日本", "\n", "\t"
+    ]
+    # MAX_TOKEN_CHARS still bounds every label, and a marker is never cut in half.
+    assert clip_tokens(["x" * MAX_TOKEN_CHARS]) == ["x" * MAX_TOKEN_CHARS]
+    assert clip_tokens(["x" * (MAX_TOKEN_CHARS + 1)]) == ["x" * (MAX_TOKEN_CHARS - 1) + "…"]
+    (long,) = clip_tokens(["\u202e" * 10_000])
+    assert len(long) <= MAX_TOKEN_CHARS and long.endswith("⟩…") and "\u202e" not in long
+
+
+@pytest.mark.parametrize("make", ["attention", "neurons", "gradient_flow"])
+def test_every_view_labels_tokens_with_hidden_characters_visible(make):
+    class BidiTokenizer(CharTokenizer):
+        def decode(self, ids, **kwargs):
+            return "\u202eevil" if ids == [ord("e")] else super().decode(ids)
+
+    view = getattr(nbinspect, make)(tiny("llama"), BidiTokenizer(), "the cat")
+    tokens = view.strip.tokens if make == "gradient_flow" else view.tokens
+    assert tokens[2] == "⟨U+202E⟩evil" and not any("\u202e" in t for t in tokens)
