@@ -6,6 +6,7 @@ from .gradients import GradientNorms, gradient_norms, saliency
 from .loading import load
 from .magics import load_ipython_extension
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
+from .patching import PatchResult, patch
 from .recompute import Recompute
 from .views.attention_view import AttentionView, attention
 from .views.dashboard import Dashboard, inspect
@@ -51,5 +52,7 @@ __all__ = [
     "ScaleNeuron",
     "perturb",
     "sliders",
+    "PatchResult",
+    "patch",
 ]
 __version__ = "0.1.0"
