@@ -32,11 +32,14 @@ What "a head" and "a neuron" mean here, per family (the adapter names the module
 
 from __future__ import annotations
 
+import math
+import signal
 import threading
 import warnings
 import weakref
 import zlib
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,9 +170,34 @@ def _scale(factor: float) -> Callable[[torch.Tensor], Any]:
     return lambda view: view.mul_(factor)
 
 
+def _finite_number(x) -> bool:
+    """A real, finite int or float (not a bool; not NaN, ±inf, or an int too large for a float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _check_factor(edit: Edit, factor) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-        raise EditError(f"{edit!r}: factor must be a number (0 switches off, 1 leaves as is), got {factor!r}.")
+    if not _finite_number(factor):
+        raise EditError(f"{edit!r}: factor must be a finite number (0 switches off, 1 leaves as is), got {factor!r}.")
+
+
+#: The parts of a layer that ``AddNoise((layer, part), ...)`` can name (ModelParts fields that are paths in a block).
+_LAYER_PARTS = ("attention", "attention_output", "mlp", "neurons", "router")
+
+
+def _named_part(adapter: Adapter, layer: int, part, edit: Edit) -> nn.Module:
+    """``adapter.part(layer, part)`` for a part named by the user, refusing an unknown name with the ones that exist."""
+    existing = [p for p in _LAYER_PARTS if adapter.has_part(layer, p)]
+    if part not in existing:
+        raise EditError(
+            f"{edit!r}: layer {layer} has no part {part!r}; the parts it has are {', '.join(repr(p) for p in existing)} "
+            "(or pass a module name from model.named_modules())."
+        )
+    return _layer_part(adapter, layer, part, edit)
 
 
 # --- the edits ------------------------------------------------------------------------------------
@@ -282,7 +310,7 @@ class AddNoise(Edit):
         if isinstance(where, int) and not isinstance(where, bool):
             return adapter.layers[_check_layer(adapter, where, self)]
         if isinstance(where, tuple) and len(where) == 2:
-            return _layer_part(adapter, _check_layer(adapter, where[0], self), where[1], self)
+            return _named_part(adapter, _check_layer(adapter, where[0], self), where[1], self)
         if isinstance(where, str):
             try:
                 return adapter.model.get_submodule(where)
@@ -308,8 +336,9 @@ class AddNoise(Edit):
         return {where_of.get(id(p), -1) for p in self._params(adapter)}
 
     def changes(self, adapter: Adapter) -> list[Change]:
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or self.sigma < 0:
-            raise EditError(f"{self!r}: sigma must be a number ≥ 0 (relative to each weight's RMS), got {self.sigma!r}.")
+        sigma = self.sigma
+        if not _finite_number(sigma) or sigma < 0:
+            raise EditError(f"{self!r}: sigma must be a finite number ≥ 0 (relative to each weight's RMS), got {sigma!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise EditError(f"{self!r}: seed must be an int, got {self.seed!r}.")
         names = _names(adapter)
@@ -401,6 +430,39 @@ def changed_from(adapter: Adapter, old: Iterable[Edit], new: Iterable[Edit]) -> 
 
 
 # --- the context manager ----------------------------------------------------------------------------
+
+#: Times one slice's copy is retried when a KeyboardInterrupt is raised from inside it, before giving up.
+_RESTORE_RETRIES = 3
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold back SIGINT (Ctrl-C, a Jupyter kernel interrupt) for the block, then deliver it.
+
+    Python raises KeyboardInterrupt between any two bytecodes, so a restore loop can be stopped after
+    some slices are copied back and before the rest are. Inside this block a SIGINT is only noted; on
+    leaving, the previous handler gets it (by default: KeyboardInterrupt raised right there). Signals
+    reach only the main thread, so elsewhere (the sliders' worker) this does nothing.
+    """
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:  # not the main thread, or a handler installed outside Python that could not be put back
+        yield
+        return
+    received: list = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    except (ValueError, OSError):  # no signal support here (embedded interpreter, ...)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, received[0])
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 _model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -494,7 +556,8 @@ class perturb:
         return f"perturb({type(self.model).__name__}, [{inner}], {state})"
 
     # Everything below keeps one invariant: a slice's clone is in self._undo before the slice changes,
-    # so an exception (or KeyboardInterrupt) at any point leaves an undo log that restores exactly.
+    # so an exception (or KeyboardInterrupt) at any point leaves an undo log that restores exactly. While
+    # weights change, Ctrl-C is held back (see _interrupts_held) and raised once they are consistent again.
     def _apply(self, edits: tuple[Edit, ...]) -> None:
         if self._undo:
             self._restore()
@@ -505,7 +568,7 @@ class perturb:
                 _check_editable(e, c.names[0] if c.names else _param_name(self.adapter, c.param), c.param)
         tied = []
         try:
-            with torch.no_grad():
+            with _interrupts_held(), torch.no_grad():  # an interrupt held here is raised on leaving: caught below
                 for e, changes in resolved:
                     for c in changes:
                         view = c.param[c.index] if c.index else c.param
@@ -523,10 +586,24 @@ class perturb:
             warnings.warn(line, stacklevel=3)
 
     def _restore(self) -> None:
-        with torch.no_grad():
+        """Copy every saved slice back, newest first. A KeyboardInterrupt (a Ctrl-C, or one raised from
+        inside a copy) does not stop it part way: the restore finishes, then the interrupt is raised."""
+        interrupted: KeyboardInterrupt | None = None
+        with _interrupts_held(), torch.no_grad():
+            retries = 0
             while self._undo:
                 param, index, saved = self._undo[-1]
-                (param[index] if index else param).copy_(saved)
+                try:
+                    (param[index] if index else param).copy_(saved)
+                except KeyboardInterrupt as e:
+                    # Copying a slice again is harmless; give up only on a copy that is interrupted every time.
+                    interrupted, retries = interrupted or e, retries + 1
+                    if retries > _RESTORE_RETRIES:
+                        raise
+                    continue
+                retries = 0
                 self._undo.pop()
-        self.edits = ()
-        self.tied = []
+            self.edits = ()
+            self.tied = []
+        if interrupted is not None:
+            raise interrupted

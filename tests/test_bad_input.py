@@ -161,3 +161,121 @@ def test_every_view_labels_tokens_with_hidden_characters_visible(make):
     view = getattr(nbinspect, make)(tiny("llama"), BidiTokenizer(), "the cat")
     tokens = view.strip.tokens if make == "gradient_flow" else view.tokens
     assert tokens[2] == "⟨U+202E⟩evil" and not any("\u202e" in t for t in tokens)
+
+
+# --- edits: bad parts and numbers refused, Ctrl-C never leaves weights half restored -------------------
+
+from nbinspect import AddNoise, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb  # noqa: E402
+
+
+def _bits(model):
+    return {k: v.detach().clone().reshape(-1).view(torch.uint8) for k, v in model.state_dict().items()}
+
+
+def _assert_bits(model, before):
+    after = _bits(model)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"not restored: {changed}"
+
+
+def test_noise_on_a_part_that_does_not_exist_lists_the_parts_that_do():
+    model = tiny("llama")
+    before = _bits(model)
+    with pytest.raises(EditError, match=r"no part 'bogus'.*'attention', 'attention_output', 'mlp', 'neurons'"):
+        perturb(model, AddNoise((0, "bogus"), 0.1)).start()
+    with pytest.raises(EditError, match="no part 'neurons'.*'router'"):
+        perturb(tiny("mixtral"), AddNoise((0, "neurons"), 0.1)).start()
+    _assert_bits(model, before)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 10**400], ids=["nan", "inf", "-inf", "10**400"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: ScaleHead(0, 0, x),
+        lambda x: ScaleNeuron(0, 0, x),
+        lambda x: ScaleLayer(0, "mlp", x),
+        lambda x: AddNoise(0, x),
+    ],
+    ids=["ScaleHead", "ScaleNeuron", "ScaleLayer", "AddNoise"],
+)
+def test_nan_or_infinite_factors_and_sigmas_are_refused(make, bad):
+    model = tiny("llama")
+    before = _bits(model)
+    with pytest.raises(EditError, match="finite number"):
+        perturb(model, ScaleHead(1, 1, 0.0), make(bad)).start()
+    _assert_bits(model, before)
+
+
+EDITS = (ScaleHead(0, 1, 0.0), ScaleLayer(1, "mlp", 0.5), AddNoise(2, 0.3), ScaleNeuron(2, 5, 3.0))
+
+
+def _interrupt_the_nth_copy(monkeypatch, n: int, how):
+    """Patch Tensor.copy_ so that its n-th call (counted from now) is interrupted once."""
+    calls = {"n": 0}
+    original = torch.Tensor.copy_
+
+    def copy_(self, src, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            how(self, src, original)
+        return original(self, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", copy_)
+    return calls
+
+
+def test_keyboard_interrupt_raised_inside_a_restore_copy_still_restores_everything(monkeypatch):
+    def raise_before_copying(dst, src, original):
+        raise KeyboardInterrupt
+
+    model = tiny("llama")
+    before = _bits(model)
+    with pytest.raises(KeyboardInterrupt):
+        with perturb(model, *EDITS) as p:
+            calls = _interrupt_the_nth_copy(monkeypatch, 2, raise_before_copying)
+    monkeypatch.undo()
+    assert calls["n"] >= 5 and not p.active  # the interrupted copy was made again, and the rest after it
+    _assert_bits(model, before)
+
+
+def test_ctrl_c_arriving_during_restore_waits_until_the_restore_is_done(monkeypatch):
+    import os
+    import signal
+
+    seen = {}
+
+    def sigint_after_copying(dst, src, original):
+        original(dst, src)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered between two bytecodes of the restore loop
+        seen["signalled"] = True
+
+    model = tiny("llama")
+    before = _bits(model)
+    with pytest.raises(KeyboardInterrupt):
+        with perturb(model, *EDITS):
+            _interrupt_the_nth_copy(monkeypatch, 1, sigint_after_copying)
+    monkeypatch.undo()
+    assert seen and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _assert_bits(model, before)
+
+
+def test_ctrl_c_arriving_while_edits_are_applied_restores_them_then_interrupts(monkeypatch):
+    import os
+    import signal
+
+    model = tiny("llama")
+    before = _bits(model)
+    original = torch.Tensor.mul_
+
+    def mul_(self, *args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(torch.Tensor, "mul_", mul_)
+    with pytest.raises(KeyboardInterrupt):
+        with perturb(model, *EDITS):
+            pytest.fail("the block ran although Ctrl-C came while the edits were applied")
+    monkeypatch.undo()
+    _assert_bits(model, before)
