@@ -4,7 +4,7 @@ import { build } from "esbuild";
 import { readdirSync } from "node:fs";
 
 const views = readdirSync(new URL(".", import.meta.url))
-  .filter((f) => f.endsWith("_view.js"))
+  .filter((f) => f.endsWith("_view.js") || f === "export_runtime.js") // the runtime of saved pages (export.py)
   .map((f) => `./${f}`);
 
 await build({
