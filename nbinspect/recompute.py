@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import codecs
 from .adapters import Adapter, ModelParts
 from .capture import Request, capture
 from .perturb import Edit, changed_from, model_lock, perturb
@@ -149,6 +150,19 @@ class Recompute:
     @property
     def n_layers(self) -> int:
         return self.adapter.n_layers
+
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` naming the first layer whose output in the latest run is NaN or infinite
+        (or the embeddings, or the output head), as the views do; reads only what the run kept."""
+        if any(k is None for k in self._kept):
+            return
+        with torch.no_grad():
+            codecs.check_finite(_hidden_of(*self._kept[0]).abs().amax(), "the input embeddings")
+            for i in range(self.n_layers):
+                out = _hidden_of(*self._kept[i + 1]) if i + 1 < self.n_layers else self._last
+                codecs.check_finite(out.abs().amax(), f"the output of layer {i}")
+            if self.latest.has_head:
+                codecs.check_finite(self.latest.logits([-1]).abs().amax(), "the output head's logits")
 
     def run(self, *edits: Edit, from_layer: int | None = None) -> Result:
         """Apply ``edits``, recompute from the first layer whose edits differ from the latest run's,

@@ -279,3 +279,18 @@ def test_ctrl_c_arriving_while_edits_are_applied_restores_them_then_interrupts(m
             pytest.fail("the block ran although Ctrl-C came while the edits were applied")
     monkeypatch.undo()
     _assert_bits(model, before)
+
+
+@pytest.mark.parametrize("where, named", [("layer", "the output of layer 1"), ("head", "the output head's logits")])
+def test_nan_weights_then_sliders_name_the_first_layer_that_is_not_finite(where, named):
+    model = tiny("llama")
+    with torch.no_grad():
+        if where == "layer":
+            model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+        else:
+            model.lm_head.weight[3, 0] = float("inf")
+    before = _bits(model)
+    with pytest.raises(ValueError, match=f"{named} contains NaN or infinite"):
+        nbinspect.sliders(model, CharTokenizer(), TEXT, threaded=False)
+    _assert_bits(model, before)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0

@@ -238,6 +238,7 @@ class PerturbPanel(widgets.VBox):
         self.recompute = Recompute(
             model, inputs, attention=True if wants_attention else None, neurons=True if wants_neurons else None, parts=parts
         )
+        self.recompute.check_finite()  # NaN weights: the same clear error as the other views, not NaN probabilities
         self._before: dict[tuple, torch.Tensor] = {}  # positions -> baseline logits (or hidden states)
         self._unshown_from = adapter.n_layers  # first layer computed since the views were last repainted
         self.last_latency_ms: float | None = None
