@@ -207,3 +207,17 @@ def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
             "are probably not finite (check with `any(p.isnan().any() for p in model.parameters())`)."
         )
     return values
+
+
+# --- model anatomy (nbinspect.anatomy, parameters / activation views) -------------------------------
+#: Bins of a weight histogram (ParametersView draws it ~480 px wide: 5 px per bar). Every tensor is
+#: binned on its device and only these counts travel: SmolLM2's 272 tensors cost 272 × 128 × 4 B = 139 KB
+#: if all were sent, but only the selected tensor's or group's are.
+WEIGHT_HISTOGRAM_BINS = 128
+#: Points of an activation function's curve (a ~420 px wide chart: one point per ~1.6 px).
+ACTIVATION_CURVE_POINTS = 256
+#: A freshly initialised copy of the model (for comparing weights with their initialisation) is a second
+#: model in memory; past this size it is refused and only the analytic initialisation densities are shown.
+FRESH_COPY_MAX_BYTES = 4 * 2**30
+#: Singular values sent for one matrix (the spectrum is drawn as a line; d_model is at most a few thousand).
+MAX_SINGULAR_VALUES = 4096

@@ -1,0 +1,940 @@
+"""The model's anatomy: its parameters by type, their distributions against the usual initialisations,
+one attention head's arithmetic at one query, and the MLP's activation function.
+
+Everything here is a reduction on the model's own device; only small results (counts, bins, a few
+vectors of one head) are handed on to the views, which encode them as bytes.
+
+- :func:`inventory` sorts every parameter into a *kind* (token embedding, attention Q/K/V/O with fused
+  QKV split into its three parts, FFN up/gate/down, norm, output head, router, bias, ...) and a layer,
+  counts tied tensors once (the output head that shares the token embedding is listed, marked, and adds
+  nothing), and computes each piece's histogram and moments with one set of passes on the device.
+- :func:`init_densities` gives what normal(``initializer_range``), Xavier/Glorot, Kaiming/He and PyTorch's
+  ``nn.Linear`` default would put in each bin, for the tensor's own fan-in and fan-out.
+- :func:`mechanics` recomputes one head's pattern row from the q, k and v the model's attention function
+  actually received (after rotary), plus the projections before rotary, and checks nothing itself: the
+  tests hold it to 1e-5 against the capture and eager attention.
+- :func:`activation` reads the MLP's activation function from the config, checks it on the module, and
+  bins the pre-activations of one layer (and for gated MLPs the gate × up product).
+
+Which module is which kind is decided from the :class:`~nbinspect.adapters.Adapter`'s parts (the layers,
+each layer's attention, output projection, MLP, down projection and router) and, inside those, from the
+projection's name; ``classify`` holds that small table.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import codecs
+from .adapters import Adapter, ModelParts
+
+# --- kinds ----------------------------------------------------------------------------------------
+
+#: Every kind a parameter piece can have, in the order the views list them.
+KINDS = (
+    "token embedding",
+    "positional embedding",
+    "token type embedding",
+    "attention Q",
+    "attention K",
+    "attention V",
+    "attention O",
+    "FFN gate",
+    "FFN up",
+    "FFN down",
+    "router",
+    "norm",
+    "output head",
+    "bias",
+    "other",
+)
+
+_Q, _K, _V = ("q_proj", "query", "q", "wq"), ("k_proj", "key", "k", "wk"), ("v_proj", "value", "v", "wv")
+_FUSED_QKV = ("c_attn", "query_key_value", "qkv_proj", "wqkv", "qkv", "in_proj")
+_GATE = ("gate_proj", "w1", "wi_0")
+_UP = ("up_proj", "c_fc", "dense_h_to_4h", "fc1", "w3", "wi_1", "fc_in")
+_DOWN = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "wo", "fc_out")
+_FUSED_GATE_UP = ("gate_up_proj",)
+
+#: A weight is "near zero" when |w| is at most this fraction of its tensor's largest |w| (the same rule
+#: NeuronView uses for dead neurons), so the fraction means the same for tensors of any scale.
+NEAR_ZERO = 1e-3
+
+
+@dataclass
+class Piece:
+    """One parameter, or one part of a fused parameter (GPT-2's ``c_attn`` holds Q, K and V).
+
+    ``tied_to``: the name of the parameter this one *is* (the same tensor): such a piece is listed and
+    marked but counts nothing and is not binned again.
+    """
+
+    name: str
+    kind: str
+    layer: int  # -1: outside the layers (embeddings, final norm, head)
+    shape: tuple[int, ...]
+    fan: tuple[int, int]  # (fan_in, fan_out) an initialiser would see for the whole parameter
+    dtype: str
+    device: str
+    numel: int
+    bytes: int
+    param: str  # the parameter's own name
+    tied_to: str | None = None
+    part: tuple[int, int] | None = None  # (index, of): the i-th of n equal parts of a fused tensor
+    layout: str = "rows"  # how a fused tensor holds its parts: "rows", "columns" (Conv1D) or "heads" (GPT-NeoX)
+
+    def tensor(self, model: nn.Module) -> torch.Tensor:
+        """This piece's values, a view of the parameter (no copy)."""
+        p = model.get_parameter(self.param)
+        if self.part is None:
+            return p
+        i, n = self.part
+        if self.layout == "columns":
+            return p.detach().chunk(n, dim=-1)[i]
+        if self.layout == "heads":  # GPT-NeoX: [heads, 3, head_dim] along the output dimension
+            heads = self._heads
+            return p.detach().view(heads, n, -1, *p.shape[1:])[:, i]
+        return p.detach().chunk(n, dim=-2 if p.dim() >= 2 else 0)[i]
+
+    _heads: int = 0
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def _fans(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) < 2:
+        return (shape[0] if shape else 1, shape[0] if shape else 1)
+    if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        return shape[0], shape[1]
+    return shape[-1], shape[-2]  # [..., out, in]: per expert for 3-D expert stacks
+
+
+def _is_norm(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in name
+
+
+def _layer_prefixes(model: nn.Module, adapter: Adapter) -> dict[str, int]:
+    layers = {id(block): i for i, block in enumerate(adapter.layers)}
+    return {name + ".": layers[id(m)] for name, m in model.named_modules() if id(m) in layers}
+
+
+def _modules_under(root: nn.Module | None) -> set[int]:
+    return set() if root is None else {id(m) for m in root.modules()}
+
+
+class _Roles:
+    """Module identity → role, from the adapter's parts (one pass over the layers)."""
+
+    def __init__(self, adapter: Adapter):
+        self.embedding = adapter.embedding()
+        self.unembedding = adapter.unembedding()
+        self.attention: set[int] = set()
+        self.output: set[int] = set()
+        self.mlp: set[int] = set()
+        self.down: set[int] = set()
+        self.router: set[int] = set()
+        for i in range(adapter.n_layers):
+            self.attention |= _modules_under(adapter.attention(i))
+            self.output.add(id(adapter.part(i, "attention_output")))
+            if adapter.has_part(i, "mlp"):
+                self.mlp |= _modules_under(adapter.part(i, "mlp"))
+            if adapter.has_part(i, "neurons"):
+                self.down.add(id(adapter.part(i, "neurons")))
+            if adapter.has_part(i, "router"):
+                self.router.add(id(adapter.part(i, "router")))
+
+
+def classify(module_name: str, module: nn.Module, param_name: str, roles: _Roles) -> str | tuple[str, ...]:
+    """The kind of one parameter, or a tuple of kinds for a fused one (split in that many equal parts)."""
+    leaf = _leaf(module_name)
+    if param_name.endswith("bias"):
+        return "bias"
+    if module is roles.embedding:
+        return "token embedding"
+    if module is roles.unembedding:
+        return "output head"
+    if isinstance(module, nn.Embedding):
+        if "pos" in module_name.lower() or leaf == "wpe":
+            return "positional embedding"
+        return "token type embedding" if "type" in module_name.lower() else "other"
+    if _is_norm(module):
+        return "norm"
+    if id(module) in roles.router or leaf in ("gate", "router") and id(module) in roles.mlp or "expert_gate" in leaf:
+        return "router"
+    if id(module) in roles.output:
+        return "attention O"
+    if id(module) in roles.down:
+        return "FFN down"
+    if id(module) in roles.attention:
+        for names, kind in ((_Q, "attention Q"), (_K, "attention K"), (_V, "attention V")):
+            if leaf in names:
+                return kind
+        if leaf in _FUSED_QKV:
+            return ("attention Q", "attention K", "attention V")
+        if leaf in ("o_proj", "out_proj", "dense", "c_proj", "wo"):
+            return "attention O"
+        return "other"
+    if id(module) in roles.mlp:
+        pname = param_name.lower()
+        if pname in _FUSED_GATE_UP or leaf in _FUSED_GATE_UP:
+            return ("FFN gate", "FFN up")
+        if pname in _DOWN:  # fused expert stacks: experts.down_proj is a parameter, not a module
+            return "FFN down"
+        if leaf in _GATE:
+            return "FFN gate"
+        if leaf in _DOWN:
+            return "FFN down"
+        return "FFN up"  # the other projection of an MLP (BERT's intermediate.dense, up_proj, c_fc, ...)
+    return "other"
+
+
+@dataclass
+class Rotary:
+    """Rotary position embedding: no parameters; ``theta`` is the base from the config."""
+
+    theta: float | None
+    fraction: float = 1.0  # of each head's dimensions that are rotated (GPT-NeoX: partial_rotary_factor)
+
+    def __str__(self) -> str:
+        base = f"θ = {self.theta:g}" if self.theta else "θ not in the config"
+        part = "" if self.fraction == 1.0 else f", {self.fraction:.0%} of each head's dimensions"
+        return f"rotary: no parameters ({base}{part})"
+
+
+def rotary_of(model: nn.Module) -> Rotary | None:
+    """The rotary embedding read from the config and checked against the modules (None: the model has none)."""
+    config = getattr(model, "config", None)
+    has_module = any("rotary" in type(m).__name__.lower() for m in model.modules())
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(params, dict) and "full_attention" in params and isinstance(params["full_attention"], dict):
+        params = params["full_attention"]  # per-layer-type parameters (Gemma 3)
+    theta = getattr(config, "rope_theta", None) or (params.get("rope_theta") if isinstance(params, dict) else None)
+    if not has_module and theta is None:
+        return None
+    fraction = (params.get("partial_rotary_factor") if isinstance(params, dict) else None) or getattr(
+        config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None) or 1.0
+    return Rotary(float(theta) if theta else None, float(fraction))
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Moments:
+    """Count, mean and central moment sums M2, M3, M4 of a set of weights; combinable across tensors."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    m4: float = 0.0
+    near_zero: float = 0.0  # count
+    max_abs: float = 0.0
+
+    def __add__(self, o: Moments) -> Moments:
+        """Pébay's formulas: the moments of the union, exactly, from the two parts' moments."""
+        if self.n == 0:
+            return o
+        if o.n == 0:
+            return self
+        n = self.n + o.n
+        d = o.mean - self.mean
+        dn = d / n
+        a, b = self.n, o.n
+        m2 = self.m2 + o.m2 + d * dn * a * b
+        m3 = self.m3 + o.m3 + d * dn * dn * a * b * (a - b) + 3 * dn * (a * o.m2 - b * self.m2)
+        m4 = (self.m4 + o.m4 + d * dn**3 * a * b * (a * a - a * b + b * b)
+              + 6 * dn * dn * (a * a * o.m2 + b * b * self.m2) + 4 * dn * (a * o.m3 - b * self.m3))
+        return Moments(n, self.mean + dn * b, m2, m3, m4, self.near_zero + o.near_zero, max(self.max_abs, o.max_abs))
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.m2, 0.0) / self.n) if self.n else float("nan")
+
+    @property
+    def kurtosis(self) -> float:
+        """Excess kurtosis (0 for a normal distribution, −1.2 for a uniform one)."""
+        if not self.n or self.m2 <= 0:
+            return float("nan")
+        return self.n * self.m4 / (self.m2 * self.m2) - 3.0
+
+    @property
+    def near_zero_fraction(self) -> float:
+        return self.near_zero / self.n if self.n else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "std": self.std, "kurtosis": self.kurtosis,
+                "near_zero": self.near_zero_fraction, "max_abs": self.max_abs}
+
+
+def _stats_tensors(x: torch.Tensor, bins: int, lo=None, hi=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the tensor's device: float64 [mean, M2, M3, M4, near-zero count, max|w|, lo, hi] and int64 counts."""
+    x = x.detach().reshape(-1)
+    x = x if x.dtype == torch.float32 else x.float()
+    mn, mx = torch.aminmax(x)
+    lo_t = mn if lo is None else torch.as_tensor(lo, dtype=torch.float32, device=x.device)
+    hi_t = mx if hi is None else torch.as_tensor(hi, dtype=torch.float32, device=x.device)
+    mean = x.mean()
+    d = x - mean
+    d2 = d * d
+    m2 = d2.sum(dtype=torch.float64)
+    m3 = torch.dot(d2, d).double() if d.numel() < 1 << 16 else (d2 * d).sum(dtype=torch.float64)
+    m4 = d2.square_().sum(dtype=torch.float64)
+    max_abs = torch.maximum(mx.abs(), mn.abs())
+    near = (x.abs() <= NEAR_ZERO * max_abs).sum()
+    same = hi_t <= lo_t
+    lo_h = torch.where(same, lo_t - 0.5, lo_t)
+    hi_h = torch.where(same, hi_t + 0.5, hi_t)
+    # histc wants Python floats for its range; one small sync per tensor (the only one).
+    lo_f, hi_f = (float(v) for v in torch.stack([lo_h, hi_h]).tolist())
+    counts = torch.histc(x, bins=bins, min=lo_f, max=hi_f)
+    stats = torch.stack([mean.double(), m2, m3, m4, near.double(), max_abs.double(), lo_h.double(), hi_h.double()])
+    return stats, counts, torch.tensor([lo_f, hi_f])
+
+
+@dataclass
+class Histogram:
+    """Counts of a set of weights in ``bins`` equal bins over [lo, hi], with their moments."""
+
+    counts: torch.Tensor  # float32 [bins] on the host
+    lo: float
+    hi: float
+    moments: Moments
+
+    @property
+    def edges(self) -> torch.Tensor:
+        return torch.linspace(self.lo, self.hi, len(self.counts) + 1, dtype=torch.float64)
+
+
+def histogram(tensors: Iterable[torch.Tensor], bins: int = 0) -> Histogram:
+    """One histogram (common range) and the moments of all values of ``tensors``, computed on their device."""
+    bins = bins or codecs.WEIGHT_HISTOGRAM_BINS
+    tensors = list(tensors)
+    ranges = [torch.aminmax(t.detach().reshape(-1).float()) for t in tensors]
+    lo = min(float(r[0]) for r in ranges)
+    hi = max(float(r[1]) for r in ranges)
+    total = torch.zeros(bins, dtype=torch.float64)
+    moments = Moments()
+    for t in tensors:
+        stats, counts, (lo_h, hi_h) = _stats_tensors(t, bins, lo, hi)
+        total += counts.double().cpu()
+        moments = moments + _moments(t.numel(), stats.cpu().tolist())
+        lo, hi = float(lo_h), float(hi_h)
+    return Histogram(total.float(), lo, hi, moments)
+
+
+def _moments(n: int, s: list[float]) -> Moments:
+    mean, m2, m3, m4, near, max_abs = s[:6]
+    return Moments(n, mean, m2, m3, m4, near, max_abs)
+
+
+# --- the inventory --------------------------------------------------------------------------------
+
+
+@dataclass
+class Inventory:
+    """Every parameter of a model as pieces, with counts by kind and (once computed) each piece's statistics."""
+
+    model: nn.Module
+    adapter: Adapter
+    pieces: list[Piece]
+    rotary: Rotary | None
+    tied: list[tuple[str, str]]  # (name, the name of the tensor it shares)
+    stats: list[Moments] = field(default_factory=list)  # one per piece, [] until binned
+    histograms: list[Histogram | None] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Parameters counted once each (equals ``sum(p.numel() for p in model.parameters())``)."""
+        return sum(p.numel for p in self.pieces if p.tied_to is None)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.bytes for p in self.pieces if p.tied_to is None)
+
+    def kinds(self) -> list[str]:
+        present = {p.kind for p in self.pieces}
+        return [k for k in KINDS if k in present]
+
+    def by_kind(self) -> dict[str, dict]:
+        """Per kind: parameters (tied counted once), share of the total, bytes, tensors, and whether tied."""
+        total = self.total or 1
+        out = {}
+        for kind in self.kinds():
+            ps = [p for p in self.pieces if p.kind == kind]
+            count = sum(p.numel for p in ps if p.tied_to is None)
+            out[kind] = {
+                "count": count,
+                "share": count / total,
+                "bytes": sum(p.bytes for p in ps if p.tied_to is None),
+                "tensors": len(ps),
+                "tied": [p.name + " = " + p.tied_to for p in ps if p.tied_to],
+                "dtypes": sorted({p.dtype for p in ps}),
+                "devices": sorted({p.device for p in ps}),
+            }
+        return out
+
+    def compute(self, bins: int = 0) -> Inventory:
+        """Bin every (untied) piece on its device and keep its moments; returns self."""
+        bins = bins or codecs.WEIGHT_HISTOGRAM_BINS
+        self.stats, self.histograms = [], []
+        pending = []
+        for piece in self.pieces:
+            if piece.tied_to is not None:
+                self.histograms.append(None)
+                continue
+            stats, counts, rng = _stats_tensors(piece.tensor(self.model), bins)
+            pending.append((len(self.histograms), piece.numel, stats, counts, rng))
+            self.histograms.append(None)
+        # One device → host copy for all statistics and one for all counts.
+        if pending:
+            stats_host = torch.stack([p[2].to("cpu") for p in pending]).tolist()
+            counts_host = torch.stack([p[3].to("cpu") for p in pending])
+            for (i, n, _, _, rng), s, c in zip(pending, stats_host, counts_host):
+                self.histograms[i] = Histogram(c.float(), float(rng[0]), float(rng[1]), _moments(n, s))
+        by_name = {p.name: h for p, h in zip(self.pieces, self.histograms)}
+        self.stats = [by_name[p.tied_to] if p.tied_to else by_name[p.name] for p in self.pieces]
+        self.stats = [h.moments if h is not None else Moments() for h in self.stats]
+        return self
+
+    def select(self, kind: str | None = None, layer: int | None = None, name: str | None = None) -> list[int]:
+        """Indices of the pieces of one kind and/or layer, or the one named piece (tied copies left out)."""
+        out = []
+        for i, p in enumerate(self.pieces):
+            if p.tied_to is not None:
+                continue
+            if name is not None and p.name != name:
+                continue
+            if kind is not None and p.kind != kind:
+                continue
+            if layer is not None and p.layer != layer:
+                continue
+            out.append(i)
+        return out
+
+    def group_histogram(self, indices: list[int], bins: int = 0) -> Histogram:
+        """One histogram over several pieces (a common range: a second pass over them, on the device)."""
+        if not indices:
+            raise ValueError("no parameters match this selection; pick a kind or tensor the model has.")
+        if len(indices) == 1 and self.histograms and self.histograms[indices[0]] is not None:
+            return self.histograms[indices[0]]
+        return histogram((self.pieces[i].tensor(self.model) for i in indices), bins)
+
+    def std_by_layer(self) -> tuple[list[str], torch.Tensor]:
+        """The std of each kind's weights in each layer, float32 [kinds, layers] (NaN: the layer has none)."""
+        if not self.stats:
+            self.compute()
+        kinds = [k for k in self.kinds() if any(p.kind == k and p.layer >= 0 for p in self.pieces)]
+        out = torch.full((len(kinds), self.adapter.n_layers), float("nan"))
+        acc: dict[tuple[str, int], Moments] = {}
+        for p, m in zip(self.pieces, self.stats):
+            if p.layer >= 0 and p.tied_to is None:
+                acc[(p.kind, p.layer)] = acc.get((p.kind, p.layer), Moments()) + m
+        for (kind, layer), m in acc.items():
+            out[kinds.index(kind), layer] = m.std
+        return kinds, out
+
+    def svdvals(self, index: int) -> torch.Tensor:
+        """Singular values of one weight matrix (float32, largest first, on its device); 3-D stacks: the first."""
+        t = self.pieces[index].tensor(self.model).detach()
+        if t.dim() < 2:
+            raise ValueError(f"{self.pieces[index].name} is a vector ({tuple(t.shape)}); singular values need a matrix.")
+        while t.dim() > 2:
+            t = t[0]
+        return torch.linalg.svdvals(t.float())
+
+
+def inventory(model: nn.Module, parts: ModelParts | None = None) -> Inventory:
+    """Sort every parameter of ``model`` into pieces of one kind and layer (no statistics yet)."""
+    adapter = Adapter.of(model, parts)
+    roles = _Roles(adapter)
+    prefixes = _layer_prefixes(model, adapter)
+    first_name: dict[int, str] = {}
+    tied: list[tuple[str, str]] = []
+    pieces: list[Piece] = []
+    n_heads = adapter.n_heads
+    for module_name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{module_name}.{pname}" if module_name else pname
+            tied_to = first_name.get(id(p))
+            if tied_to is None:
+                first_name[id(p)] = full
+            else:
+                tied.append((full, tied_to))
+            layer = next((i for pre, i in prefixes.items() if full.startswith(pre)), -1)
+            kind = classify(module_name, module, pname, roles)
+            shape = tuple(p.shape)
+            fan = _fans(module, shape)
+            common = dict(layer=layer, fan=fan, dtype=str(p.dtype).removeprefix("torch."), device=str(p.device),
+                          param=full, tied_to=tied_to)
+            if isinstance(kind, tuple):
+                n = len(kind)
+                leaf = _leaf(module_name)
+                layout = "columns" if type(module).__name__ == "Conv1D" else "heads" if leaf == "query_key_value" else "rows"
+                for i, k in enumerate(kind):
+                    piece = Piece(name=f"{full}[{k.split()[-1]}]", kind=k, shape=_part_shape(shape, n, layout),
+                                  numel=p.numel() // n, bytes=p.numel() * p.element_size() // n, part=(i, n),
+                                  layout=layout, **common)
+                    piece._heads = n_heads
+                    pieces.append(piece)
+            else:
+                pieces.append(Piece(name=full, kind=kind, shape=shape, numel=p.numel(),
+                                    bytes=p.numel() * p.element_size(), **common))
+    return Inventory(model, adapter, pieces, rotary_of(model), tied)
+
+
+def _part_shape(shape, n, layout):
+    s = list(shape)
+    axis = -1 if layout == "columns" else (-2 if len(s) >= 2 else 0)
+    s[axis] //= n
+    return tuple(s)
+
+
+def parameter_stats(model: nn.Module, parts: ModelParts | None = None) -> Inventory:
+    """:func:`inventory` with every piece binned (what ``nbinspect.parameters`` shows)."""
+    return inventory(model, parts).compute()
+
+
+# --- initialisations ------------------------------------------------------------------------------
+
+
+def _normal_cdf(x: torch.Tensor, std: float) -> torch.Tensor:
+    return 0.5 * (1 + torch.special.erf(x / (std * math.sqrt(2))))
+
+
+def _uniform_cdf(x: torch.Tensor, bound: float) -> torch.Tensor:
+    return ((x + bound) / (2 * bound)).clamp(0, 1)
+
+
+def init_laws(piece: Piece, config=None) -> list[tuple[str, str, float]]:
+    """The usual initialisations of a tensor of this shape: (label, "normal" | "uniform", std or bound)."""
+    if len(piece.shape) < 2:
+        return []  # norms start at ones and biases at zeros: a spike, no density to draw
+    fan_in, fan_out = piece.fan
+    laws = []
+    rng = getattr(config, "initializer_range", None)
+    if rng:
+        laws.append((f"normal σ={rng:g} (config.initializer_range)", "normal", float(rng)))
+    laws.append(("Xavier/Glorot uniform", "uniform", math.sqrt(6.0 / (fan_in + fan_out))))
+    laws.append(("Kaiming/He normal (fan_in, ReLU)", "normal", math.sqrt(2.0 / fan_in)))
+    laws.append(("PyTorch nn.Linear default", "uniform", 1.0 / math.sqrt(fan_in)))
+    return laws
+
+
+def init_densities(piece: Piece, hist: Histogram, config=None) -> tuple[list[str], torch.Tensor]:
+    """Expected counts per bin of ``hist`` under each usual initialisation: labels and float32 [laws, bins]."""
+    laws = init_laws(piece, config)
+    edges = hist.edges
+    rows = []
+    for _, law, scale in laws:
+        cdf = _normal_cdf(edges, scale) if law == "normal" else _uniform_cdf(edges, scale)
+        rows.append(hist.moments.n * (cdf[1:] - cdf[:-1]))
+    out = torch.stack(rows).float() if rows else torch.zeros(0, len(hist.counts))
+    return [label for label, _, _ in laws], out
+
+
+def fresh_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A freshly initialised model of the same architecture (``from_config``), on the model's device.
+
+    Refused past ``codecs.FRESH_COPY_MAX_BYTES`` (it is a second model in memory). The caller's random
+    state is left as it was.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("a fresh copy needs a Hugging Face model with a config (model.config); this model has none.")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size > codecs.FRESH_COPY_MAX_BYTES:
+        raise ValueError(
+            f"a freshly initialised copy would take another {size / 2**30:.1f} GiB (limit "
+            f"{codecs.FRESH_COPY_MAX_BYTES / 2**30:.0f} GiB); compare with init_densities instead."
+        )
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device):
+        torch.manual_seed(seed)
+        fresh = type(model)(copy.deepcopy(config))
+    return fresh.to(dtype).eval()
+
+
+# --- attention mechanics --------------------------------------------------------------------------
+
+
+@dataclass
+class Mechanics:
+    """One head's attention at one query, step by step (float32 tensors on the model's device).
+
+    q [d], k [n_keys, d]: after rotary, as the attention function received them; ``q_before``/``k_before``
+    are the projections before rotary (None when the model has no rotary embedding). ``dots`` = k @ q,
+    ``scaled`` = dots × ``scaling``, ``mask`` additive (0 or −inf/−max), ``logits`` = scaled + mask,
+    ``probs`` = softmax(logits), ``v`` [n_keys, d], ``output`` = probs @ v.
+    """
+
+    layer: int
+    head: int
+    query: int
+    kv_head: int
+    n_rep: int  # query heads per key/value head (grouped-query attention)
+    scaling: float
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_before: torch.Tensor | None
+    k_before: torch.Tensor | None
+    dots: torch.Tensor
+    scaled: torch.Tensor
+    mask: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    output: torch.Tensor
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shared_with(self) -> list[int]:
+        """The query heads that read the same key/value head as this one (this head included)."""
+        return list(range(self.kv_head * self.n_rep, (self.kv_head + 1) * self.n_rep))
+
+
+class AttentionInputs:
+    """What one attention module's attention function receives during one forward: q, k, v (after rotary),
+    the mask and the scaling; plus the q and k projections before rotary where the model has separate ones.
+
+    Use as hooks: ``hooks()`` gives ``(module, "forward_pre" | "forward", fn)`` triples for
+    ``trace.replay([layer], hooks=...)``, or ``with grab:`` registers them for one forward of your own.
+    While the module runs, a wrapper stands in transformers' attention-function registry under the model's
+    implementation name and hands every call on to what was there (so a capture's wrapper keeps working);
+    it is removed when the module returns, and by ``remove`` on an exception.
+    """
+
+    def __init__(self, adapter: Adapter, layer: int):
+        from ._attention_hook import ALL_ATTENTION_FUNCTIONS, implementation_of
+
+        if ALL_ATTENTION_FUNCTIONS is None:
+            raise RuntimeError("attention mechanics need transformers >= 4.48 (its attention-function registry).")
+        self.adapter = adapter
+        self.layer = adapter.check_layer(layer)
+        self.module = adapter.attention(self.layer)
+        self.name = implementation_of(adapter.model)
+        self.seen: dict = {}
+        self._saved = None
+        self._handles = []
+        self.before = self._projections()
+
+    def _projections(self) -> dict[str, nn.Module]:
+        found = {}
+        for name, m in self.module.named_children():
+            leaf = name.lower()
+            if leaf in _Q:
+                found["q"] = m
+            elif leaf in _K:
+                found["k"] = m
+            elif leaf == "query_key_value":
+                found["qkv"] = m
+        return found
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def hooks(self) -> list[tuple[nn.Module, str, object]]:
+        out = [(self.module, "forward_pre", self._install), (self.module, "forward", self._remove_hook)]
+        for key, m in self.before.items():
+            out.append((m, "forward", self._keeper(key)))
+        return out
+
+    def _keeper(self, key):
+        def keep(module, args, output):
+            self.seen[f"{key}_proj"] = output[0].detach().clone()
+        return keep
+
+    def _install(self, module, args):
+        from ._attention_hook import ALL_ATTENTION_FUNCTIONS, _module_eager
+
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        had = self.name in local
+        previous = local.get(self.name)
+        self._saved = (had, previous)
+        original = previous if had else ALL_ATTENTION_FUNCTIONS._global_mapping.get(self.name)
+        grab = self
+
+        def recording_attention(mod, query, key, value, attention_mask, *a, **kw):
+            if mod is grab.module:
+                grab.seen.update(
+                    q=query[0].detach().float().clone(), k=key[0].detach().float().clone(),
+                    v=value[0].detach().float().clone(),
+                    mask=None if attention_mask is None else attention_mask[0].detach().clone(),
+                    scaling=kw.get("scaling"), is_causal=kw.get("is_causal"),
+                    unusual={n: kw[n] for n in ("softcap", "sliding_window", "s_aux", "sinks") if kw.get(n) is not None},
+                )
+            fn = original if original is not None else _module_eager(mod)
+            return fn(mod, query, key, value, attention_mask, *a, **kw)
+
+        local[self.name] = recording_attention
+
+    def _remove_hook(self, module, args, output):
+        self.remove()
+
+    def remove(self) -> None:
+        """Put the registry back as it was (idempotent)."""
+        if self._saved is None:
+            return
+        from ._attention_hook import ALL_ATTENTION_FUNCTIONS
+
+        had, previous = self._saved
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        if had:
+            local[self.name] = previous
+        else:
+            local.pop(self.name, None)
+        self._saved = None
+
+    def __enter__(self):
+        for module, kind, fn in self.hooks():
+            if kind == "forward_pre":
+                self._handles.append(module.register_forward_pre_hook(fn))
+            else:
+                self._handles.append(module.register_forward_hook(fn, always_call=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.remove()
+        return False
+
+    # --- the arithmetic -----------------------------------------------------------------------------
+    def mechanics(self, head: int, query: int) -> Mechanics:
+        """One head at one query, from what was recorded (call after the forward)."""
+        if "q" not in self.seen:
+            raise RuntimeError(
+                f"layer {self.layer}'s attention function was not called during the forward; nothing was recorded "
+                "(does this model use transformers' attention functions?)."
+            )
+        s = self.seen
+        q_all, k_all, v_all = s["q"], s["k"], s["v"]  # [H, n, d], [KV, n_keys, d]
+        heads, n_q, d = q_all.shape
+        head = self.adapter.check_head(head)
+        if not -n_q <= query < n_q:
+            raise IndexError(f"query {query} is out of range: the text has tokens 0..{n_q - 1}.")
+        query %= n_q
+        kv_heads, n_k = k_all.shape[0], k_all.shape[1]
+        n_rep = heads // kv_heads
+        kv = head // n_rep
+        scaling = s["scaling"] if s["scaling"] is not None else d**-0.5
+        q, k, v = q_all[head, query], k_all[kv], v_all[kv]
+        dots = k @ q
+        scaled = dots * scaling
+        mask = self._mask_row(query, n_q, n_k, q.device)
+        logits = scaled + mask
+        probs = torch.softmax(logits, dim=-1)
+        output = probs @ v
+        notes = [f"this layer also passes {', '.join(s['unusual'])}; the steps shown leave it out"] if s["unusual"] else []
+        q_before, k_before = self._before(head, kv, query, d)
+        return Mechanics(self.layer, head, query, kv, n_rep, float(scaling), q, k, v, q_before, k_before,
+                         dots, scaled, mask, logits, probs, output, notes)
+
+    def _mask_row(self, query: int, n_q: int, n_k: int, device) -> torch.Tensor:
+        m = self.seen["mask"]
+        if m is not None:
+            row = m[..., query, :n_k].reshape(-1, n_k)[0]
+            if row.dtype == torch.bool:
+                return torch.zeros(n_k, device=device).masked_fill_(~row, torch.finfo(torch.float32).min)
+            return row.float()
+        causal = self.seen["is_causal"]
+        causal = getattr(self.module, "is_causal", True) if causal is None else causal
+        row = torch.zeros(n_k, device=device)
+        if causal and n_q > 1:
+            row[n_k - n_q + query + 1:] = float("-inf")
+        return row
+
+    def _before(self, head, kv, query, d):
+        s = self.seen
+        if rotary_of(self.adapter.model) is None:
+            return None, None
+        if "q_proj" in s and "k_proj" in s:
+            q = s["q_proj"].float().view(s["q_proj"].shape[0], -1, d)[query, head]
+            k = s["k_proj"].float().view(s["k_proj"].shape[0], -1, d)[:, kv]
+            return q, k
+        if "qkv_proj" in s:  # GPT-NeoX: [tokens, heads, 3 * head_dim]
+            x = s["qkv_proj"].float().view(s["qkv_proj"].shape[0], -1, 3 * d)
+            return x[query, head, :d], x[:, kv, d:2 * d]
+        return None, None
+
+
+def mechanics(model_or_trace, inputs: dict | None = None, *, layer: int, head: int, query: int = -1,
+              parts: ModelParts | None = None) -> Mechanics:
+    """One head's attention at one query token, step by step (see :class:`Mechanics`).
+
+    Given a Trace, replays only ``layer`` (``trace.replay``); given a model and its ``inputs``, runs one
+    forward without gradients under the model lock with the recording hooks and nothing else.
+    """
+    if hasattr(model_or_trace, "replay"):
+        trace = model_or_trace
+        grab = AttentionInputs(trace.adapter, layer)
+        try:
+            trace.replay([grab.layer], hooks=grab.hooks())
+        finally:
+            grab.remove()
+        return grab.mechanics(head, query)
+    from .perturb import model_lock
+
+    model = model_or_trace
+    grab = AttentionInputs(Adapter.of(model, parts), layer)
+    with model_lock(model), torch.no_grad(), grab:
+        model(**inputs)
+    return grab.mechanics(head, query)
+
+
+# --- activation functions -------------------------------------------------------------------------
+
+#: |act(x) − x| ≤ this × |x|: the activation passes x through ("linear"); |act(x)| ≤ this × |x|: it blocks
+#: x ("negative": act ≈ 0); anything else is the curved region around zero.
+REGIME_TOLERANCE = 0.05
+
+
+@dataclass
+class Activation:
+    """One layer's MLP activation: the function, its pre-activations over the text, and for gated MLPs
+    the gate × up product (what the down projection reads). Tensors on the layer's device.
+    """
+
+    layer: int
+    name: str  # from the config
+    module: nn.Module  # the module that computes it
+    note: str  # where the config and the module disagree, or ""
+    pre: torch.Tensor  # float32 [tokens, d_mlp]
+    up: torch.Tensor | None  # gated MLPs: float32 [tokens, d_mlp]
+    product: torch.Tensor | None  # gated: act(pre) * up
+
+    @property
+    def gated(self) -> bool:
+        return self.up is not None
+
+    def curve(self, lo: float, hi: float, points: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, act(x)) on a grid over [lo, hi], computed by the module itself."""
+        points = points or codecs.ACTIVATION_CURVE_POINTS
+        x = torch.linspace(lo, hi, points, device=self.pre.device)
+        with torch.no_grad():
+            return x, self.module(x).float()
+
+    def regimes(self) -> dict[str, float]:
+        """Fractions of pre-activations in each regime (see ``REGIME_TOLERANCE``)."""
+        x = self.pre.reshape(-1)
+        with torch.no_grad():
+            y = self.module(x).float()
+        ax = x.abs()
+        nonzero = ax > 0
+        linear = nonzero & ((y - x).abs() <= REGIME_TOLERANCE * ax)
+        blocked = nonzero & ~linear & (y.abs() <= REGIME_TOLERANCE * ax)
+        n = max(1, x.numel())
+        lin, neg = float(linear.sum()) / n, float(blocked.sum()) / n
+        return {"negative": neg, "near zero": 1.0 - lin - neg, "linear": lin}
+
+
+def activation_name(model: nn.Module) -> str | None:
+    c = getattr(model, "config", None)
+    for key in ("hidden_act", "activation_function", "hidden_activation", "activation"):
+        value = getattr(c, key, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def activation_module(adapter: Adapter, layer: int) -> nn.Module:
+    """The module applying the MLP's activation function in ``layer`` (found by its class's home module)."""
+    mlp = adapter.part(layer, "mlp")
+    for m in mlp.modules():
+        home = type(m).__module__
+        if home.startswith("transformers.activations") or home == "torch.nn.modules.activation":
+            return m
+    raise ValueError(
+        f"could not find the activation function's module in layer {layer}'s MLP ({type(mlp).__name__}); "
+        "it may be applied as a plain function, which hooks cannot see."
+    )
+
+
+def _check_name(name: str | None, module: nn.Module) -> str:
+    try:
+        from transformers.activations import ACT2CLS
+    except ImportError:  # pragma: no cover
+        return ""
+    if name is None:
+        return f"the config names no activation; the module is {type(module).__name__}"
+    expected = ACT2CLS.get(name)
+    cls = expected[0] if isinstance(expected, tuple) else expected
+    if cls is not None and not isinstance(module, cls):
+        return f"the config says {name!r} but the module is {type(module).__name__}; the module's function is drawn"
+    return ""
+
+
+class ActivationInputs:
+    """Hooks that keep one layer's activation input (and the up projection's output for gated MLPs)."""
+
+    def __init__(self, adapter: Adapter, layer: int):
+        self.adapter = adapter
+        self.layer = adapter.check_layer(layer)
+        self.module = activation_module(adapter, self.layer)
+        mlp = adapter.part(self.layer, "mlp")
+        self.up_module = next((m for n, m in mlp.named_children() if n.lower() in ("up_proj", "w3", "wi_1")), None)
+        self.seen: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def hooks(self):
+        out = [(self.module, "forward_pre", self._keep_pre)]
+        if self.up_module is not None:
+            out.append((self.up_module, "forward", self._keep_up))
+        return out
+
+    def _keep_pre(self, module, args):
+        self.seen["pre"] = args[0][0].detach().float().clone()
+
+    def _keep_up(self, module, args, output):
+        self.seen["up"] = output[0].detach().float().clone()
+
+    def __enter__(self):
+        for module, kind, fn in self.hooks():
+            reg = module.register_forward_pre_hook if kind == "forward_pre" else module.register_forward_hook
+            self._handles.append(reg(fn))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+    def result(self) -> Activation:
+        if "pre" not in self.seen:
+            raise RuntimeError(f"layer {self.layer}'s activation function did not run during the forward.")
+        model = self.adapter.model
+        name = activation_name(model) or type(self.module).__name__
+        pre, up = self.seen["pre"], self.seen.get("up")
+        product = None
+        if up is not None:
+            with torch.no_grad():
+                product = self.module(pre).float() * up
+        return Activation(self.layer, name, self.module, _check_name(activation_name(model), self.module),
+                          pre.reshape(-1, pre.shape[-1]), up, product)
+
+
+def activation(model_or_trace, inputs: dict | None = None, *, layer: int, parts: ModelParts | None = None) -> Activation:
+    """One layer's MLP activation function and its inputs over the text (replayed from a Trace, or one forward)."""
+    if hasattr(model_or_trace, "replay"):
+        trace = model_or_trace
+        grab = ActivationInputs(trace.adapter, layer)
+        trace.replay([grab.layer], hooks=grab.hooks())
+        return grab.result()
+    from .perturb import model_lock
+
+    model = model_or_trace
+    grab = ActivationInputs(Adapter.of(model, parts), layer)
+    with model_lock(model), torch.no_grad(), grab:
+        model(**inputs)
+    return grab.result()

@@ -1,0 +1,233 @@
+"""nbinspect.anatomy on tiny random models: inventory counts, histograms against numpy, one head's attention
+mechanics against the capture and eager attention, activation inputs against hooks, compare's errors,
+and the four views building and sending bytes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import nbinspect
+from nbinspect import anatomy as A
+from nbinspect._attention_hook import ALL_ATTENTION_FUNCTIONS
+from nbinspect.adapters import Adapter
+from tiny_models import FAMILIES, CharTokenizer, tiny
+
+TEXT = "the cat sat on the mat"
+
+
+def sharp(model, std=0.4, seed=0):
+    """Weights large enough that attention patterns are far from uniform (a uniform row hides mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+# --- inventory ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_counts_equal_numel_with_tied_weights_once(family):
+    model = tiny(family)
+    inv = A.inventory(model)
+    assert inv.total == sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    assert inv.total_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+    groups = inv.by_kind()
+    assert sum(g["count"] for g in groups.values()) == inv.total
+    assert math.isclose(sum(g["share"] for g in groups.values()), 1.0)
+    for kind in ("token embedding", "attention Q", "attention K", "attention V", "attention O", "FFN down", "norm"):
+        assert groups[kind]["count"] > 0, kind
+    # Q/K/V/O, up and down once per layer each
+    n = Adapter.of(model).n_layers
+    for kind in ("attention Q", "attention K", "attention V", "attention O"):
+        assert sum(p.kind == kind and p.layer >= 0 and p.tied_to is None for p in inv.pieces) == n, kind
+
+
+def test_fused_qkv_split_into_three_equal_parts():
+    model = tiny("gpt2")
+    inv = A.inventory(model)
+    pieces = [p for p in inv.pieces if p.param == "transformer.h.0.attn.c_attn.weight"]
+    assert [p.kind for p in pieces] == ["attention Q", "attention K", "attention V"]
+    w = model.transformer.h[0].attn.c_attn.weight  # Conv1D [in, 3 * out]
+    for i, p in enumerate(pieces):
+        assert torch.equal(p.tensor(model), w[:, i * 32:(i + 1) * 32])
+    # GPT-NeoX interleaves per head: [heads, 3, head_dim] along the output rows
+    neox = tiny("gpt_neox")
+    inv = A.inventory(neox)
+    q = next(p for p in inv.pieces if p.param == "gpt_neox.layers.0.attention.query_key_value.weight")
+    w = neox.gpt_neox.layers[0].attention.query_key_value.weight.view(4, 3, 8, 32)
+    assert torch.equal(q.tensor(neox).reshape(-1), w[:, 0].reshape(-1))
+
+
+def test_tied_output_head_is_marked_and_counted_once():
+    model = tiny("gpt2")
+    inv = A.inventory(model)
+    head = [p for p in inv.pieces if p.kind == "output head"]
+    assert len(head) == 1 and head[0].tied_to == "transformer.wte.weight"
+    assert inv.by_kind()["output head"]["count"] == 0
+    assert inv.tied == [("lm_head.weight", "transformer.wte.weight")]
+    untied = A.inventory(tiny("llama"))
+    assert untied.by_kind()["output head"]["count"] == 128 * 32
+
+
+def test_rotary_read_from_config_and_absent_where_positions_are_learned():
+    assert A.rotary_of(tiny("llama")).theta == 10000.0
+    neox = A.rotary_of(tiny("gpt_neox"))
+    assert neox.fraction == 0.25 and "no parameters" in str(neox)
+    assert A.rotary_of(tiny("gpt2")) is None
+    assert A.inventory(tiny("gpt2")).by_kind()["positional embedding"]["count"] == 256 * 32
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_histograms_and_moments_match_numpy(family):
+    model = tiny(family)
+    inv = A.parameter_stats(model)
+    bins = len(inv.histograms[0].counts)
+    for piece, hist in zip(inv.pieces, inv.histograms):
+        if hist is None:
+            continue
+        x = piece.tensor(model).detach().double().numpy().reshape(-1)
+        lo, hi = (x.min(), x.max()) if x.max() > x.min() else (x.min() - 0.5, x.max() + 0.5)
+        counts, _ = np.histogram(x, bins=bins, range=(lo, hi))
+        # float32 bin edges may move a value sitting on an edge by one bin
+        assert np.abs(hist.counts.numpy() - counts).sum() <= 2, piece.name
+        assert hist.counts.sum() == x.size
+        m = hist.moments
+        assert m.mean == pytest.approx(x.mean(), abs=1e-7 + 1e-5 * abs(x.mean()))
+        assert m.std == pytest.approx(x.std(), rel=1e-5, abs=1e-9)
+        if x.std() > 1e-6:
+            d = x - x.mean()
+            kurt = (d**4).mean() / (d**2).mean() ** 2 - 3
+            assert m.kurtosis == pytest.approx(kurt, rel=1e-3, abs=1e-3)
+        assert m.max_abs == pytest.approx(np.abs(x).max(), rel=1e-6)
+        assert m.near_zero == (np.abs(x) <= A.NEAR_ZERO * np.abs(x).max()).sum() or abs(m.near_zero - (np.abs(x) <= A.NEAR_ZERO * np.abs(x).max()).sum()) <= 1
+
+
+def test_group_moments_combine_exactly():
+    model = tiny("llama")
+    inv = A.parameter_stats(model)
+    idx = inv.select(kind="attention Q")
+    group = inv.group_histogram(idx)
+    x = np.concatenate([inv.pieces[i].tensor(model).detach().double().numpy().ravel() for i in idx])
+    d = x - x.mean()
+    assert group.moments.n == x.size and group.counts.sum() == x.size
+    assert group.moments.std == pytest.approx(x.std(), rel=1e-5)
+    assert group.moments.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=1e-3, abs=1e-3)
+    combined = sum((inv.stats[i] for i in idx), A.Moments())
+    assert combined.std == pytest.approx(x.std(), rel=1e-5)
+    kinds, std = inv.std_by_layer()
+    q = kinds.index("attention Q")
+    for layer in range(3):
+        w = model.model.layers[layer].self_attn.q_proj.weight.detach().double().numpy()
+        assert std[q, layer].item() == pytest.approx(w.std(), rel=1e-5)
+
+
+def test_init_densities_integrate_to_the_count_and_fresh_copy_leaves_rng():
+    model = tiny("llama")
+    inv = A.parameter_stats(model)
+    i = inv.select(name="model.layers.0.mlp.up_proj.weight")[0]
+    labels, dens = A.init_densities(inv.pieces[i], inv.histograms[i], model.config)
+    assert labels[0].startswith("normal σ=0.02") and len(labels) == 4
+    # the config's law is what HF used: its expected counts hold almost all of the weights
+    assert dens[0].sum().item() == pytest.approx(inv.pieces[i].numel, rel=0.02)
+    state = torch.get_rng_state()
+    fresh = A.fresh_copy(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert type(fresh) is type(model) and fresh is not model
+    assert [n for n, _ in fresh.named_parameters()] == [n for n, _ in model.named_parameters()]
+    s = inv.svdvals(i)
+    assert torch.allclose(s, torch.linalg.svdvals(model.model.layers[0].mlp.up_proj.weight.detach()))
+
+
+# --- attention mechanics --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2", "gpt_neox"])
+def test_mechanics_equal_capture_and_eager(family):
+    model = sharp(tiny(family))
+    tok = CharTokenizer()
+    inputs = tok(TEXT)
+    before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    rec = nbinspect.run(model, tok, TEXT, attention=True, heads=True)
+    n = inputs["input_ids"].shape[1]
+    cases = [(1, 3, n - 1), (0, 0, 5), (2, 1, 0)]
+    mechs = [A.mechanics(model, inputs, layer=l, head=h, query=q) for l, h, q in cases]
+    assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before  # wrapper gone
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(**inputs, output_attentions=True).attentions
+    for (layer, head, q), m in zip(cases, mechs):
+        captured = rec.attention[layer][0, head, q]
+        assert captured.max() > 0.2 or q == 0  # a pattern, not a uniform row
+        assert (m.probs - captured).abs().max() <= 1e-5
+        assert (m.probs - eager[layer][0, head, q]).abs().max() <= 1e-5
+        assert torch.allclose(torch.softmax(m.scaled + m.mask, -1), m.probs)
+        assert torch.allclose(m.dots, m.k @ m.q) and m.scaled.sub(m.dots * m.scaling).abs().max() == 0
+        d = m.q.numel()
+        z = rec.heads[layer].z[0, q, head * d:(head + 1) * d]
+        assert (m.output - z.float()).abs().max() <= 1e-5
+        if family != "bert" and q < n - 1:
+            assert torch.isinf(m.mask[q + 1:]).all() or (m.mask[q + 1:] < -1e30).all()  # causal
+    assert mechs[0].n_rep == (2 if family in ("llama", "qwen2") else 1)
+    if family in ("llama", "qwen2"):
+        assert mechs[0].kv_head == 1 and mechs[0].shared_with == [2, 3]
+    rotary = family in ("llama", "qwen2", "gpt_neox")
+    assert (mechs[0].q_before is not None) == rotary
+    if rotary:  # position 0 is rotated by angle 0; later positions are not
+        assert torch.allclose(mechs[2].q_before, mechs[2].q, atol=1e-6)
+        assert not torch.allclose(mechs[0].q_before, mechs[0].q, atol=1e-4)
+
+
+def test_mechanics_bad_head_or_query():
+    model = tiny("llama")
+    inputs = CharTokenizer()(TEXT)
+    with pytest.raises(IndexError, match="head 9"):
+        A.mechanics(model, inputs, layer=0, head=9)
+    with pytest.raises(IndexError, match="query 99"):
+        A.mechanics(model, inputs, layer=0, head=0, query=99)
+    assert "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+
+
+# --- activation function --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "gpt_neox"])
+def test_activation_inputs_and_product(family):
+    model = tiny(family)
+    inputs = CharTokenizer()(TEXT)
+    act = A.activation(model, inputs, layer=1)
+    adapter = Adapter.of(model)
+    assert act.note == ""  # config and module agree
+    seen = {}
+    h = adapter.part(1, "neurons").register_forward_pre_hook(lambda m, a: seen.setdefault("down_in", a[0][0]))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        h.remove()
+    if family == "llama":
+        assert act.gated and torch.allclose(act.product, seen["down_in"].float(), atol=1e-6)
+    else:
+        assert not act.gated and torch.allclose(act.module(act.pre), seen["down_in"].float(), atol=1e-6)
+    r = act.regimes()
+    assert sum(r.values()) == pytest.approx(1.0)
+    x, y = act.curve(-4, 4, 101)
+    assert torch.allclose(y, act.module(x))
+
+
+def test_regimes_of_relu():
+    model = tiny("gpt2")
+    inputs = CharTokenizer()(TEXT)
+    act = A.activation(model, inputs, layer=0)
+    act.module = torch.nn.ReLU()
+    r = act.regimes()
+    x = act.pre.reshape(-1)
+    assert r["linear"] == pytest.approx(float((x > 0).float().mean()))
+    assert r["negative"] == pytest.approx(float((x < 0).float().mean()))
