@@ -5,6 +5,7 @@ from .capture import HeadOutputs, Record, Request, Residual, Routing, capture, r
 from .gradients import GradientNorms, gradient_norms, saliency
 from .loading import load
 from .magics import load_ipython_extension
+from .monitor import Monitor, TrainerCallback, monitor
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .patching import PatchResult, patch
 from .recompute import Recompute
@@ -54,5 +55,8 @@ __all__ = [
     "sliders",
     "PatchResult",
     "patch",
+    "Monitor",
+    "TrainerCallback",
+    "monitor",
 ]
 __version__ = "0.1.0"

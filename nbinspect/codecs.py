@@ -221,3 +221,11 @@ ACTIVATION_CURVE_POINTS = 256
 FRESH_COPY_MAX_BYTES = 4 * 2**30
 #: Singular values sent for one matrix (the spectrum is drawn as a line; d_model is at most a few thousand).
 MAX_SINGULAR_VALUES = 4096
+
+
+# --- training monitor (nbinspect.monitor) -------------------------------------------------------
+#: Points kept per series of a training monitor (loss, each layer's gradient norm, ...). A chart is
+#: ~600 px wide, so 256 points are ≥ 2 px apart; when full, neighbouring points are merged in pairs
+#: (resolution halves, the whole run stays in view). A full history of a 30-layer model is
+#: 256 × (6 × 30 + 10) × 4 B ≈ 190 KB, sent at most every PUBLISH_INTERVAL_S (nbinspect/monitor.py).
+MONITOR_MAX_POINTS = 256
