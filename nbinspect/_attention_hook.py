@@ -12,6 +12,8 @@ ends, on exceptions too. A capture may waive bit-identity for speed (``exact=Fal
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import threading
 from collections.abc import Callable
@@ -34,6 +36,17 @@ _installed: dict[str, tuple[bool, object]] = {}  # implementation name -> (had l
 _users: dict[str, int] = {}
 
 
+@functools.lru_cache(maxsize=None)
+def calls_attention_interface(cls: type) -> bool:
+    """Whether ``cls.forward`` looks its attention function up in transformers' registry (every family
+    written or rewritten since transformers 4.48 does), so that wrapping the registry entry reaches it."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError, AttributeError):
+        return False
+    return any(word in source for word in ("ALL_ATTENTION_FUNCTIONS", "eager_attention_forward", "attention_interface"))
+
+
 def _module_eager(module: nn.Module) -> Callable:
     """The eager attention function of the module's own modeling file (every HF family defines one)."""
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
@@ -52,14 +65,16 @@ _BLOCK_VALUES = 1 << 22
 
 
 def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None,
-                      dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None):
+                      dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None,
+                      softcap: float | None = None):
     """Eager attention probabilities, shape [batch, heads, q, k], from post-rotary q and k.
 
     Computed in float32 like eager attention and stored as ``dtype``. Written for long inputs: query rows
     go a block at a time into the one output tensor (so no second n x n float32 copy ever exists), a
     causal block only computes the keys it can see (half the work), and grouped KV heads are never copied.
     Given ``value``, also returns eager's attention output ``[batch, q, heads, head_dim]``, computed from
-    each block while it is at hand: ``(weights, output)``.
+    each block while it is at hand: ``(weights, output)``. ``softcap`` soft-caps the scores before the
+    mask as eager does (Gemma 2/3: ``tanh(s / cap) * cap``).
     """
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -96,6 +111,8 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
         scores = scratch[:size].view(batch * kv_heads, n_rep * (stop - start), visible)
         torch.bmm(rows, k_t[:, :, :visible], out=scores)
         scores = scores.view(batch, heads, stop - start, visible)
+        if softcap:
+            scores.div_(softcap).tanh_().mul_(softcap)
         if mask is not None:
             scores.add_(mask[..., start:stop, :visible])
         probs = scratch[size : 2 * size].view(batch, heads, stop - start, visible)
@@ -175,7 +192,8 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
             with torch.no_grad():
                 if weights is None or weights.dtype != torch.float32:
                     weights = attention_weights(
-                        module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype
+                        module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype,
+                        softcap=kwargs.get("softcap"),
                     )
                 listener(weights.detach().to(dtype))
         return out
@@ -210,6 +228,62 @@ def implementation_of(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
 
 
+def _takes(module: nn.Module, name: str) -> bool:
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters
+
+
+def _additive_mask(module: nn.Module, hidden: torch.Tensor, mask, kwargs) -> torch.Tensor | None:
+    """The float mask an own-code eager path adds to its scores, from what sdpa was given: a boolean
+    mask (True: attend) becomes 0 / the dtype's minimum; no mask (sdpa's implicit causal) a causal one."""
+    dtype = hidden.dtype
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    if mask is not None or not getattr(module, "is_causal", False):
+        return mask
+    q_len = hidden.shape[1]
+    cache = kwargs.get("layer_past")
+    past = cache.get_seq_length(getattr(module, "layer_idx", 0) or 0) if hasattr(cache, "get_seq_length") else 0
+    q_pos = torch.arange(past, past + q_len, device=hidden.device)[:, None]
+    k_pos = torch.arange(past + q_len, device=hidden.device)[None, :]
+    return torch.zeros(q_len, past + q_len, dtype=dtype, device=hidden.device).masked_fill_(
+        k_pos > q_pos, torch.finfo(dtype).min
+    )
+
+
+def _hook_own_code(module: nn.Module, listener: Listener, dtype: torch.dtype) -> list:
+    """Hooks that get the weights out of an attention module that computes them in its own code."""
+    takes_flag = _takes(module, "output_attentions")
+    config = getattr(module, "config", None)
+    own_eager_needs_mask = (getattr(config, "_attn_implementation", None) or "eager") != "eager" and _takes(
+        module, "attention_mask"
+    )
+
+    def ask(mod, args, kwargs):
+        if takes_flag:
+            kwargs = {**kwargs, "output_attentions": True}
+        if own_eager_needs_mask and "attention_mask" in kwargs:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            kwargs["attention_mask"] = _additive_mask(mod, hidden, kwargs["attention_mask"], kwargs)
+        return args, kwargs
+
+    def hand_over(mod, args, output):
+        weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        if not isinstance(weights, torch.Tensor):
+            raise RuntimeError(
+                f"{type(mod).__name__} neither calls transformers' attention functions nor returned its attention "
+                "weights when asked (output_attentions=True), so nbinspect cannot capture them; leave attention out "
+                "of the capture for this model."
+            )
+        with torch.no_grad():
+            listener(weights.detach().to(dtype))
+
+    return [module.register_forward_pre_hook(ask, with_kwargs=True), module.register_forward_hook(hand_over)]
+
+
 class listening:
     """Context manager: call ``listeners[module]`` with each attention module's weights (as ``dtype``) while active.
 
@@ -224,28 +298,41 @@ class listening:
         if ALL_ATTENTION_FUNCTIONS is None:
             raise RuntimeError("capturing attention needs transformers >= 4.48 (its attention-function registry).")
         self.name = implementation_of(model)
-        self.listeners = listeners
+        self.listeners = {m: fn for m, fn in listeners.items() if calls_attention_interface(type(m))}
+        self.own_code = {m: fn for m, fn in listeners.items() if m not in self.listeners}
         self.dtype = dtype
         self.exact = exact
+        self._handles: list = []
 
     def __enter__(self):
         with _lock:
             clash = [m for m in self.listeners if id(m) in _listeners]
             if clash:
                 raise RuntimeError("another capture is already recording this model's attention; end it first.")
-            if _users.get(self.name, 0) == 0:
-                _install(self.name)
-            _users[self.name] = _users.get(self.name, 0) + 1
+            if self.listeners:
+                if _users.get(self.name, 0) == 0:
+                    _install(self.name)
+                _users[self.name] = _users.get(self.name, 0) + 1
             for module, fn in self.listeners.items():
                 _listeners[id(module)] = (fn, self.dtype, self.exact)
+        try:
+            for module, fn in self.own_code.items():
+                self._handles += _hook_own_code(module, fn, self.dtype)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc):
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
         with _lock:
             for module in self.listeners:
                 _listeners.pop(id(module), None)
-            _users[self.name] -= 1
-            if _users[self.name] == 0:
-                del _users[self.name]
-                _uninstall(self.name)
+            if self.listeners:
+                _users[self.name] -= 1
+                if _users[self.name] == 0:
+                    del _users[self.name]
+                    _uninstall(self.name)
         return False

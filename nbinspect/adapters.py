@@ -5,16 +5,35 @@ engine, perturbations and views ask an :class:`Adapter` for "layer 3's attention
 input is layer 3's MLP neurons" and never look at class names themselves.
 
 A family is described by dotted paths relative to the model's ``base_model`` (so ``LlamaModel`` and
-``LlamaForCausalLM`` share one entry). A model outside the table raises :class:`UnsupportedModelError`
-naming what could not be found; pass ``parts=ModelParts(...)`` to name the modules by hand.
+``LlamaForCausalLM`` share one entry). Three sources, in this order:
+
+1. ``parts=ModelParts(...)`` given by hand;
+2. :data:`FAMILIES`, the families whose paths were checked by hand;
+3. :func:`find_parts`, a structural search that works on any Hugging Face transformer: the block list
+   is the largest ``nn.ModuleList`` of identical blocks, the attention is the module whose ``forward``
+   calls transformers' attention interface (or, in the few families that never did — Bloom, Falcon,
+   GPT-Neo — the one that computes a softmax itself), its output projection the linear layer reading
+   ``n_heads * head_dim`` features and writing the hidden size, the MLP's down projection the one
+   linear layer outside the attention that writes the hidden size, a router a ``gate``/``router``
+   module with one output per expert. Fused QKV projections and parallel attention + MLP blocks need
+   nothing special: only the *output* side of each sub-layer is hooked.
+
+A part the search cannot find is ``None``; only the features that need it refuse, with an
+:class:`UnsupportedModelError` naming the part and how to name it by hand. A model without a block
+list at all is refused at once.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from ._attention_hook import calls_attention_interface
 
 
 class UnsupportedModelError(TypeError):
@@ -26,7 +45,8 @@ class ModelParts:
     """Dotted paths (relative to ``model.base_model``) of the parts nbinspect hooks.
 
     ``layers`` names the list of transformer blocks; the other paths are relative to one block.
-    ``None`` means the family has no such part (BERT has no final norm, dense models no router).
+    ``None`` means the family has no such part (BERT has no final norm, dense models no router), or
+    that nbinspect could not find it; the views that need it then say so.
     For a model nbinspect does not know, name them by hand, e.g. for a block ``blocks[i]`` with
     ``.attn`` (calling transformers' attention functions), ``.attn.proj`` and ``.ff.down``::
 
@@ -36,9 +56,9 @@ class ModelParts:
     """
 
     layers: str
-    attention: str  # the module that calls the attention function (receives q, k, v)
-    attention_output: str  # the linear layer whose *input* is the concatenated per-head outputs
-    mlp: str
+    attention: str | None  # the module that calls the attention function (receives q, k, v)
+    attention_output: str | None  # the linear layer whose *input* is the concatenated per-head outputs
+    mlp: str | None
     neurons: str | None  # the linear layer whose *input* is the MLP neuron activations
     final_norm: str | None = None  # relative to base_model
     embedding: str | None = None  # relative to base_model
@@ -57,6 +77,16 @@ _LLAMA_LIKE = ModelParts(
     final_norm="norm",
     embedding="embed_tokens",
 )
+_BERT = ModelParts(
+    layers="encoder.layer",
+    attention="attention.self",
+    attention_output="attention.output.dense",
+    mlp="intermediate",
+    neurons="output.dense",
+    final_norm=None,
+    embedding="embeddings.word_embeddings",
+    causal=False,
+)
 
 FAMILIES: dict[str, ModelParts] = {
     "llama": _LLAMA_LIKE,
@@ -73,16 +103,8 @@ FAMILIES: dict[str, ModelParts] = {
         final_norm="ln_f",
         embedding="wte",
     ),
-    "bert": ModelParts(
-        layers="encoder.layer",
-        attention="attention.self",
-        attention_output="attention.output.dense",
-        mlp="intermediate",
-        neurons="output.dense",
-        final_norm=None,
-        embedding="embeddings.word_embeddings",
-        causal=False,
-    ),
+    "bert": _BERT,
+    "roberta": _BERT,
     "gpt_neox": ModelParts(
         layers="layers",
         attention="attention",
@@ -96,6 +118,15 @@ FAMILIES: dict[str, ModelParts] = {
     # linear layer whose input is "the" neuron activation; neurons are not offered for them.
     "mixtral": replace(_LLAMA_LIKE, neurons=None, router="mlp.gate"),
     "qwen2_moe": replace(_LLAMA_LIKE, neurons=None, router="mlp.gate"),
+}
+
+# What each part is called in words, for the errors that name a missing part.
+_PART_WORDS = {
+    "attention": "attention module (the one calling transformers' attention function)",
+    "attention_output": "attention output projection (o_proj / c_proj / dense)",
+    "mlp": "MLP module",
+    "neurons": "MLP down projection (the linear layer reading the neuron activations)",
+    "router": "mixture-of-experts router",
 }
 
 
@@ -119,13 +150,215 @@ def _materialized(module: nn.Module, name: str) -> torch.Tensor | None:
     return store[name].to(hook.execution_device)
 
 
+# --- finding the parts by structure ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _source(obj) -> str:
+    """A class's source (cached: read from disk once per class)."""
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _computes_attention(cls: type) -> bool:
+    """An older-style attention class (Bloom, Falcon, GPT-Neo): computes the softmax in its own code."""
+    source = _source(cls)
+    return "softmax(" in source and ("def _attn" in source or "query" in source) and "ModuleList" not in source
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(in_features, out_features)`` of a linear-like module (nn.Linear and subclasses, GPT-2's Conv1D)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None and weight.dim() == 2:
+        return weight.shape[0], weight.shape[1]  # Conv1D stores [in, out]
+    return None
+
+
+def _last(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def _config_value(config, *names):
+    for name in names:
+        value = getattr(config, name, None)
+        if value:
+            return value
+    return None
+
+
+_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "out_lin", "wo", "o", "proj", "out")
+_QKV_WORDS = {"q", "k", "v", "query", "key", "value", "qkv", "c_attn", "query_key_value", "qkv_proj", "q_proj",
+              "k_proj", "v_proj", "in_proj", "wqkv"}
+_DOWN_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "lin2", "w2", "dense", "wo", "out_proj")
+_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm", "ln_final")
+
+
+def _pick(candidates: list[str], preferred: tuple[str, ...]) -> str | None:
+    """The only candidate, or the one whose last name comes first in ``preferred``; None when unsure."""
+    if len(candidates) == 1:
+        return candidates[0]
+    for name in preferred:
+        named = [c for c in candidates if _last(c) == name]
+        if len(named) == 1:
+            return named[0]
+    return None
+
+
+def _find_layers(base: nn.Module) -> str | None:
+    """The largest (by parameters) ``nn.ModuleList`` whose entries all have one class: the blocks."""
+    best, best_size = None, -1
+    for name, module in base.named_modules():
+        if not name or not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:  # ties keep the outer list (named_modules walks outer lists first)
+            best, best_size = name, size
+    return best
+
+
+def _n_experts(config) -> int | None:
+    return _config_value(config, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _find_router(blocks: nn.ModuleList, config) -> str | None:
+    n_experts = _n_experts(config)
+    if not n_experts:
+        return None
+    for block in blocks:
+        for name, module in block.named_modules():
+            weight = getattr(module, "weight", None)
+            if (
+                name
+                and _last(name) in ("gate", "router")
+                and isinstance(weight, torch.Tensor)
+                and weight.dim() == 2
+                and n_experts in (weight.shape[0], weight.shape[1])
+            ):
+                return name
+    return None
+
+
+def find_parts(model: nn.Module) -> tuple[ModelParts | None, list[str]]:
+    """Find a Hugging Face transformer's parts by structure (see the module docs).
+
+    Returns the parts (``None`` when there is no block list or no attention in the blocks: not a
+    transformer nbinspect can read) and one line per part that could not be found, for the error messages.
+    """
+    base = getattr(model, "base_model", model)
+    config = getattr(model, "config", None)
+    layers = _find_layers(base)
+    if layers is None:
+        return None, ["the list of transformer blocks (an nn.ModuleList of identical blocks)"]
+    blocks = base.get_submodule(layers)
+    block = blocks[0]
+    missing: list[str] = []
+    modules = dict(block.named_modules())
+    hidden = _config_value(config, "hidden_size", "n_embd", "d_model", "dim")
+    embedding = getattr(model, "get_input_embeddings", lambda: None)()
+    if not hidden and embedding is not None:
+        hidden = embedding.weight.shape[-1]
+
+    # The attention: the module calling the attention interface, else an older one computing a softmax.
+    attention = next((n for n, m in modules.items() if n and calls_attention_interface(type(m))), None)
+    if attention is None:
+        attention = next((n for n, m in modules.items() if n and _computes_attention(type(m))), None)
+    if attention is None:  # blocks without attention: not a transformer (or one nbinspect cannot read)
+        return None, [f"an attention module in the blocks at {layers!r} (none calls transformers' attention functions)"]
+    n_heads = _config_value(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
+    if not n_heads:
+        n_heads = _config_value(modules[attention], "num_heads", "num_attention_heads", "n_head", "n_heads")
+
+    # Its output projection: inside the attention module, else (BERT) beside it in the attention's parent.
+    attention_output = None
+    parent = attention.rsplit(".", 1)[0] if "." in attention else attention
+    for scope in dict.fromkeys((attention, parent)):
+        candidates = [
+            n for n, m in modules.items()
+            if n.startswith(scope + ".") and (shape := _linear_shape(m)) is not None
+            and shape[1] == hidden and (not n_heads or shape[0] % n_heads == 0) and _last(n) not in _QKV_WORDS
+        ]
+        attention_output = _pick(candidates, _OUTPUT_NAMES)
+        if attention_output is not None:
+            break
+    if attention_output is None:
+        missing.append(_PART_WORDS["attention_output"])
+
+    # MoE router (in any block: some models keep dense MLPs in their first layers).
+    router = _find_router(blocks, config)
+    # The MLP's down projection: the one linear layer outside the attention block that writes the hidden
+    # size. MoE blocks have fused experts (and maybe a shared expert): no single one, so no neurons.
+    outside = attention.split(".")[0]
+    candidates = [
+        n for n, m in modules.items()
+        if n and not (n == outside or n.startswith(outside + "."))
+        and (shape := _linear_shape(m)) is not None and shape[1] == hidden and shape[0] != hidden
+    ]
+    neurons = None if router is not None else _pick(candidates, _DOWN_NAMES)
+    # The MLP: the block's child holding the router or the down projection, when it holds more than that.
+    anchor = router or neurons or (candidates[0] if candidates else None)
+    mlp = None
+    if anchor is not None and "." in anchor:
+        child = anchor.split(".")[0]
+        linears = [n for n, m in modules.items() if n.startswith(child + ".") and _linear_shape(m) is not None]
+        if router is not None or len(linears) >= 2:
+            mlp = child
+    if neurons is None and router is None:
+        missing.append(_PART_WORDS["neurons"])
+    if mlp is None:
+        missing.append(_PART_WORDS["mlp"])
+
+    # The final norm: a norm of the base model outside the blocks and the embeddings.
+    norms = [
+        n for n, m in base.named_modules()
+        if n and "norm" in type(m).__name__.lower() and not n.startswith(layers + ".") and "embed" not in n.lower()
+    ]
+    final_norm = _pick(norms, _NORM_NAMES)
+    embedding_path = next((n for n, m in base.named_modules() if m is embedding), None) if embedding is not None else None
+
+    causal = getattr(modules[attention], "is_causal", None)
+    if causal is None:
+        causal = not getattr(config, "is_encoder_decoder", False) and type(model).__name__.endswith(("CausalLM", "LMHeadModel"))
+    parts = ModelParts(
+        layers=layers,
+        attention=attention,
+        attention_output=attention_output,
+        mlp=mlp,
+        neurons=neurons,
+        final_norm=final_norm,
+        embedding=embedding_path or None,
+        router=router,
+        causal=bool(causal),
+        n_heads=None if _config_value(config, "num_attention_heads", "n_head") else n_heads,
+    )
+    return parts, missing
+
+
+# --- the adapter ---------------------------------------------------------------------------------------
+
+# model -> (parts, not found): the structural search walks every module (~ms) and captures ask on every
+# call. Keyed weakly and holding no reference to the model, so the model can still be freed.
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @dataclass
 class Adapter:
-    """A model together with the paths to its parts, resolved to modules."""
+    """A model together with the paths to its parts, resolved to modules.
+
+    ``by_structure`` is True when the parts were found by :func:`find_parts` (the family is not in
+    :data:`FAMILIES`); ``not_found`` then lists the parts that search could not find.
+    """
 
     model: nn.Module
     parts: ModelParts
     family: str
+    by_structure: bool = False
+    not_found: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module, parts: ModelParts | None = None) -> Adapter:
@@ -135,15 +368,22 @@ class Adapter:
             )
         config = getattr(model, "config", None)
         family = getattr(config, "model_type", None) or "custom"
+        by_structure, not_found = False, []
         if parts is None:
             parts = FAMILIES.get(family)
         if parts is None:
+            found = _FOUND.get(model)
+            if found is None:
+                found = _FOUND[model] = find_parts(model)
+            parts, not_found = found
+            by_structure = True
+        if parts is None:
             known = ", ".join(sorted(FAMILIES))
             raise UnsupportedModelError(
-                f"nbinspect does not know where the layers of a {family!r} model ({type(model).__name__}) are; "
-                f"supported families: {known}. Name them by hand with parts=nbinspect.ModelParts(layers=..., attention=..., ...)."
+                f"nbinspect could not find {not_found[0]} in a {family!r} model ({type(model).__name__}); families checked "
+                f"by hand: {known}. Name the parts with parts=nbinspect.ModelParts(layers=..., attention=..., ...)."
             )
-        adapter = cls(model=model, parts=parts, family=family)
+        adapter = cls(model=model, parts=parts, family=family, by_structure=by_structure, not_found=tuple(not_found))
         adapter._check()
         return adapter
 
@@ -156,6 +396,11 @@ class Adapter:
                 f"could not find the layer list {self.parts.layers!r} in {type(self.model).__name__}; "
                 "name it by hand with parts=nbinspect.ModelParts(layers=...)."
             ) from None
+        if not isinstance(layers, (nn.ModuleList, nn.Sequential, list, tuple)):
+            raise UnsupportedModelError(
+                f"{self.parts.layers!r} in {type(self.model).__name__} is a {type(layers).__name__}, not a list of "
+                "transformer blocks; name the block list with parts=nbinspect.ModelParts(layers=...)."
+            )
         if len(layers) == 0:
             raise UnsupportedModelError(f"{type(self.model).__name__} has an empty layer list at {self.parts.layers!r}.")
         for name in ("attention", "attention_output", "mlp", "neurons", "router"):
@@ -201,8 +446,7 @@ class Adapter:
     def n_heads(self) -> int:
         if self.parts.n_heads:
             return self.parts.n_heads
-        c = getattr(self.model, "config", None)
-        n = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None)
+        n = _config_value(self.config, "num_attention_heads", "n_head", "num_heads", "n_heads")
         if not n:
             raise UnsupportedModelError(
                 f"could not read the number of attention heads of {type(self.model).__name__} from a config; "
@@ -212,7 +456,10 @@ class Adapter:
 
     @property
     def n_kv_heads(self) -> int:
-        return getattr(self.config, "num_key_value_heads", None) or self.n_heads
+        c = self.config
+        if getattr(c, "multi_query", False) and not getattr(c, "new_decoder_architecture", False):
+            return 1  # Falcon-7B style multi-query attention
+        return _config_value(c, "num_key_value_heads", "num_kv_heads") or self.n_heads
 
     @property
     def head_dim(self) -> int:
@@ -240,8 +487,50 @@ class Adapter:
         return _get(self.base, self.parts.embedding) if self.parts.embedding else None
 
     def unembedding(self) -> nn.Module | None:
+        """The output embedding (``get_output_embeddings``): the vocabulary projection, None for encoders
+        without a head. Some heads do more around it; :meth:`unembed` applies the whole head."""
         get = getattr(self.model, "get_output_embeddings", None)
         return get() if get else None
+
+    def head(self) -> nn.Module | None:
+        """The module that turns final hidden states into logits: the output embedding, or the masked-LM
+        head around it (BERT's ``cls.predictions``, RoBERTa's ``lm_head``: transform + projection)."""
+        projection = self.unembedding()
+        if projection is None:
+            return None
+        for name, module in self.model.named_modules():
+            if any(child is projection for child in module.children()):
+                inside_base = any(m is self.base for m in module.modules())
+                if module is self.model or inside_base or _last(name) in ("", "model"):
+                    return projection
+                return module
+        return projection
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits from hidden states *after* the final norm, as the model's own head computes them.
+
+        That is :meth:`head` (DistilBERT's transform is three loose modules, applied here in its
+        order) followed by the logit scaling some families apply after it: Gemma 2/3 soft-capping,
+        Cohere's ``logit_scale``, Granite's ``logits_scaling``. None for models without a head.
+        """
+        head = self.head()
+        if head is None:
+            return None
+        m = self.model
+        if head is self.unembedding() and all(hasattr(m, n) for n in ("vocab_transform", "activation", "vocab_layer_norm")):
+            hidden = m.vocab_layer_norm(m.activation(m.vocab_transform(hidden)))  # DistilBERT's masked-LM head
+        logits = head(hidden)
+        c = self.config
+        cap = getattr(c, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        scale = getattr(c, "logit_scale", None)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            logits = logits * scale
+        divide = getattr(c, "logits_scaling", None)
+        if divide:
+            logits = logits / divide
+        return logits
 
     def tied_embeddings(self) -> bool:
         emb, unemb = self.embedding(), self.unembedding()
@@ -263,7 +552,12 @@ class Adapter:
     def part(self, layer: int, name: str) -> nn.Module:
         path = getattr(self.parts, name)
         if path is None:
-            raise UnsupportedModelError(f"a {self.family!r} model has no {name} part that nbinspect can hook.")
+            words = _PART_WORDS.get(name, name)
+            how = "found no" if self.by_structure else "has no"
+            raise UnsupportedModelError(
+                f"nbinspect {how} {words} in this {self.family!r} model ({type(self.model).__name__}), which this "
+                f"needs; name it by hand with parts=nbinspect.ModelParts({name}=...) if the model has one."
+            )
         return _get(self.layers[self.check_layer(layer)], path)
 
     def attention(self, layer: int) -> nn.Module:
@@ -282,8 +576,7 @@ class Adapter:
 
     @property
     def n_experts(self) -> int | None:
-        c = self.config
-        return getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None)
+        return _n_experts(self.config)
 
     def output_projection(self, layer: int, module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W, b)`` of the attention output projection with ``W`` as ``[d_model, n_heads * head_dim]``.
@@ -329,3 +622,4 @@ class Adapter:
             if p.device.type != "meta":
                 return p.device
         return torch.device("cpu")
+
