@@ -154,6 +154,15 @@ HISTOGRAM_BINS = 96
 NEURON_CACHE_MAX_BYTES = 256 * 2**20
 
 
+#: The logit lens unembeds every layer × position residual; the logits are made and reduced (top-k,
+#: entropy, KL, target rank) in chunks of positions whose float32 logits and temporaries stay within
+#: this budget, so [layers, positions, vocab] never exists at once (SmolLM2 at 512 tokens: 3 GB).
+#: 5.9 MB per position for SmolLM2 (30 layers × 49,152 tokens), so ~14 positions per chunk.
+LENS_CHUNK_MAX_BYTES = 256 * 2**20
+#: Top tokens per logit-lens cell sent to the browser (shown on hover; the cell draws the first).
+LENS_TOP_K = 5
+
+
 def quantize_signed(values: torch.Tensor, dim=None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 values with 128 = 0 and one float32 scale (largest |value|) per slice, on the values' device.
 
@@ -209,6 +218,14 @@ def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
+# --- training monitor (nbinspect.monitor) -------------------------------------------------------
+#: Points kept per series of a training monitor (loss, each layer's gradient norm, ...). A chart is
+#: ~600 px wide, so 256 points are ≥ 2 px apart; when full, neighbouring points are merged in pairs
+#: (resolution halves, the whole run stays in view). A full history of a 30-layer model is
+#: 256 × (6 × 30 + 10) × 4 B ≈ 190 KB, sent at most every PUBLISH_INTERVAL_S (nbinspect/monitor.py).
+MONITOR_MAX_POINTS = 256
+
+
 # --- model anatomy (nbinspect.anatomy, parameters / activation views) -------------------------------
 #: Bins of a weight histogram (ParametersView draws it ~480 px wide: 5 px per bar). Every tensor is
 #: binned on its device and only these counts travel: SmolLM2's 272 tensors cost 272 × 128 × 4 B = 139 KB
@@ -221,11 +238,3 @@ ACTIVATION_CURVE_POINTS = 256
 FRESH_COPY_MAX_BYTES = 4 * 2**30
 #: Singular values sent for one matrix (the spectrum is drawn as a line; d_model is at most a few thousand).
 MAX_SINGULAR_VALUES = 4096
-
-
-# --- training monitor (nbinspect.monitor) -------------------------------------------------------
-#: Points kept per series of a training monitor (loss, each layer's gradient norm, ...). A chart is
-#: ~600 px wide, so 256 points are ≥ 2 px apart; when full, neighbouring points are merged in pairs
-#: (resolution halves, the whole run stays in view). A full history of a 30-layer model is
-#: 256 × (6 × 30 + 10) × 4 B ≈ 190 KB, sent at most every PUBLISH_INTERVAL_S (nbinspect/monitor.py).
-MONITOR_MAX_POINTS = 256

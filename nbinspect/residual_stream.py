@@ -1,0 +1,566 @@
+"""The residual stream as a sum: logit lens, direct logit attribution, what each block writes, head types.
+
+Every function here reads what one forward already recorded (a :class:`~nbinspect.trace.Trace`, or
+anything with ``.record`` and ``.adapter``) and reduces it on the model's device; none runs the model
+again, except :func:`head_types`, which runs its own repeated random sequence once.
+
+The view of a decoder this module takes (pre-norm blocks, as in Llama, GPT-2, GPT-NeoX, Mistral, Qwen2,
+Mixtral): the stream entering the final norm is
+
+    x_L = x_0 + Σ_l (attn_l + mlp_l),     attn_l = Σ_h head_{l,h} + b_O,l
+
+where ``x_0`` is the embeddings (token + position), ``head_{l,h}`` what head h writes (its slice of the
+output projection) and ``mlp_l`` what the MLP block returns. GPT-NeoX's parallel residual adds both to
+the same input and the identity still holds. :func:`direct_logit_attribution` checks it numerically and
+refuses an architecture where it fails (post-norm blocks such as BERT's renormalize the stream).
+
+Conventions (stated once, used everywhere):
+
+- **Lens rows** are the residual stream *after* block ``l`` (row ``L - 1`` is what enters the final norm,
+  so its lens is the model's own output distribution).
+- **Frozen norm scale**: the final norm ``N(x) = a ⊙ P(x) · s(x) + b`` (``P`` centres for LayerNorm and is
+  the identity for RMSNorm; ``s(x) = 1 / sqrt(mean(P(x)²) + eps)``) is not linear in ``x`` because of
+  ``s``. Direct logit attribution freezes ``s`` at its value on the full stream at the chosen position
+  (TransformerLens's ``apply_ln`` convention), which makes it linear: component ``c`` contributes
+  ``c · v`` with ``v = s · P(a ⊙ u)``, ``u`` the unembedding row of the target (minus the foil's). The
+  contributions then sum, with the **remainder** (norm bias ``b · u``, unembedding bias, attention output
+  biases), exactly to the model's logit (or logit difference).
+- **KL to final** is ``KL(final ‖ layer)`` in nats: how much the final distribution is surprised by the
+  layer's guess; 0 on the last row.
+- Final-logit transforms: a linear logit scale (Cohere's ``logit_scale``, Granite's ``logits_scaling``)
+  is folded into ``u``; Gemma-2's soft-capping is applied by the lens, while attribution explains the
+  logit *before* the cap (the cap is monotonic, so rankings agree).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import codecs
+from .adapters import Adapter
+from .perturb import model_lock
+
+#: Encoders (BERT family) predict masked tokens through their own head, not the next token from the
+#: final residual: the sentence views show instead of a lens or an attribution.
+ENCODER_REASON = (
+    "the logit lens and direct logit attribution read next-token predictions off the residual stream of a "
+    "decoder; this {family!r} model is an encoder (each position sees the whole text and post-norm blocks "
+    "renormalize the stream), so layer-by-layer predictions would be meaningless here."
+)
+
+
+# --- which models this applies to -----------------------------------------------------------------
+def not_applicable(adapter: Adapter) -> str | None:
+    """``None`` when the lens and attribution apply to this model, else one sentence saying why not."""
+    if not adapter.is_causal:
+        return ENCODER_REASON.format(family=adapter.family)
+    if adapter.unembedding() is None:
+        return (
+            f"this {type(adapter.model).__name__} has no language-model head (unembedding) to decode the residual "
+            "stream with; load the *ForCausalLM class of the model."
+        )
+    if adapter.final_norm() is None:
+        return f"nbinspect does not know this {adapter.family!r} model's final norm; name it with ModelParts(final_norm=...)."
+    return None
+
+
+def _require(adapter: Adapter) -> None:
+    reason = not_applicable(adapter)
+    if reason is not None:
+        raise ValueError(reason[0].upper() + reason[1:])
+
+
+def _source(trace) -> tuple[Adapter, Any]:
+    adapter = getattr(trace, "adapter", None)
+    record = getattr(trace, "record", None)
+    if adapter is None or record is None:
+        raise TypeError(
+            f"expected an nbinspect Trace (nbinspect.trace(model, tokenizer, text)), got {type(trace).__name__}."
+        )
+    return adapter, record
+
+
+def _residuals(adapter: Adapter, record, what: str) -> list:
+    missing = [i for i in range(adapter.n_layers) if i not in record.residual]
+    if missing:
+        raise ValueError(f"{what} needs the residual stream of every layer; this record lacks layers {missing[:5]}.")
+    return [record.residual[i] for i in range(adapter.n_layers)]
+
+
+# --- the unembedding as the model applies it ------------------------------------------------------
+def _logit_transform(adapter: Adapter) -> tuple[float, float | None]:
+    """(linear factor, soft cap or None) the model applies to ``lm_head``'s output."""
+    c = adapter.config
+    factor = 1.0
+    scale = getattr(c, "logit_scale", None)  # Cohere multiplies
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        factor *= float(scale)
+    scaling = getattr(c, "logits_scaling", None)  # Granite divides
+    if isinstance(scaling, (int, float)) and not isinstance(scaling, bool) and scaling:
+        factor /= float(scaling)
+    cap = getattr(c, "final_logit_softcapping", None)
+    return factor, (float(cap) if cap else None)
+
+
+def unembed(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
+    """Logits of residual-stream vectors ``x`` [..., d]: final norm, unembedding, the model's logit transforms."""
+    norm, head = adapter.final_norm(), adapter.unembedding()
+    factor, cap = _logit_transform(adapter)
+    dev = _weight(head, "weight").device
+    logits = head(norm(x.to(dev))).float()
+    if factor != 1.0:
+        logits = logits * factor
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _weight(module: nn.Module, name: str) -> torch.Tensor | None:
+    from .adapters import _materialized
+
+    return _materialized(module, name)
+
+
+# --- logit lens ------------------------------------------------------------------------------------
+@dataclass
+class LogitLens:
+    """The residual stream after every block decoded as a next-token distribution (tensors on the device).
+
+    Rows are layers (after block ``l``), columns token positions.
+
+    top_ids: int64 [layers, positions, k], most probable tokens first; top_probs: float32, the same shape.
+    entropy: float32 [layers, positions], in nats. kl_to_final: KL(final ‖ layer) in nats.
+    target: the token id whose probability and rank are reported (None: none asked).
+    target_prob: float32 [layers, positions]; target_rank: int64 [layers, positions], 0 = top token.
+    """
+
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    entropy: torch.Tensor
+    kl_to_final: torch.Tensor
+    target: int | None = None
+    target_prob: torch.Tensor | None = None
+    target_rank: torch.Tensor | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.top_ids.shape[0])
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.top_ids.shape[1])
+
+
+def logit_lens(trace, *, k: int = 5, target: int | None = None) -> LogitLens:
+    """Decode the residual stream after every block through the final norm and unembedding.
+
+    One batched unembedding of all ``layers × positions`` residuals, in chunks of positions within
+    ``codecs.LENS_CHUNK_MAX_BYTES`` of logits; top-k, entropy, KL and the target's probability and rank are
+    reduced on the device in each chunk, so no ``[layers, positions, vocab]`` tensor is ever kept.
+    ``target``: a token id (default: the trace's target token, when it has one).
+    """
+    adapter, record = _source(trace)
+    _require(adapter)
+    if target is None:
+        target = _trace_token(trace)
+    residual = _residuals(adapter, record, "the logit lens")
+    head = adapter.unembedding()
+    device = _weight(head, "weight").device
+    vocab = int(_weight(head, "weight").shape[0])
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k {k!r} is out of range: show 1..{vocab} tokens per cell.")
+    if target is not None and not 0 <= int(target) < vocab:
+        raise ValueError(f"target token id {target} is outside this model's vocabulary 0..{vocab - 1}.")
+    stream = torch.stack([r.after[0].to(device) for r in residual], dim=1)  # [n, L, d]
+    n, L, _ = stream.shape
+    per_position = L * vocab * 4 * 3  # logits, their probabilities and a comparison mask, float32
+    chunk = max(1, codecs.LENS_CHUNK_MAX_BYTES // per_position)
+    out = {name: [] for name in ("ids", "probs", "entropy", "kl", "tprob", "trank")}
+    with model_lock(adapter.model), torch.no_grad():
+        for start in range(0, n, chunk):
+            logits = unembed(adapter, stream[start:start + chunk])  # [c, L, V]
+            logp = logits.sub_(logits.logsumexp(dim=-1, keepdim=True))  # in place: log-probabilities
+            p = logp.exp()
+            c = logp.shape[0]
+            flat_p, flat_logp = p.reshape(c * L, 1, vocab), logp.reshape(c * L, vocab, 1)
+            entropy = -torch.bmm(flat_p, flat_logp).reshape(c, L)
+            # Σ p_final (log p_final − log p_layer) from the difference itself: −H − cross-entropy would
+            # cancel to float32 noise for the small KLs of the last layers.
+            gap = logp[:, -1:, :] - logp  # [c, L, V]
+            kl = torch.bmm(p[:, -1:, :], gap.transpose(1, 2)).reshape(c, L).clamp_min_(0.0)
+            del gap
+            top = torch.topk(logp, k, dim=-1)
+            out["ids"].append(top.indices)
+            out["probs"].append(top.values.exp())
+            out["entropy"].append(entropy)
+            out["kl"].append(kl)
+            if target is not None:
+                t = logp[..., int(target)]
+                out["tprob"].append(t.exp())
+                out["trank"].append((logp > t[..., None]).sum(dim=-1))
+            del logits, logp, p
+    cat = lambda name: torch.cat(out[name]).transpose(0, 1).contiguous()  # noqa: E731 -> [L, n, ...]
+    codecs.check_finite(torch.cat(out["entropy"]), "the logit lens")
+    return LogitLens(
+        top_ids=cat("ids"),
+        top_probs=cat("probs").float(),
+        entropy=cat("entropy"),
+        kl_to_final=cat("kl"),
+        target=None if target is None else int(target),
+        target_prob=cat("tprob") if target is not None else None,
+        target_rank=cat("trank") if target is not None else None,
+    )
+
+
+def _trace_token(trace) -> int | None:
+    t = getattr(trace, "target", None)
+    token = getattr(t, "token", None)
+    return None if token is None else int(token)
+
+
+# --- direct logit attribution ----------------------------------------------------------------------
+@dataclass
+class LogitAttribution:
+    """What every component wrote toward the target logit at one position (floats on the host).
+
+    heads: float32 [layers, heads]; mlp: float32 [layers]; embeddings: float.
+    remainder: everything that is no head, MLP or embedding (norm bias · u, unembedding bias, attention
+        output biases), with ``remainder_parts`` naming each. ``logit``: the model's own target logit (minus
+        the foil's), before any soft-cap. ``error``: ``logit - total``, floating-point noise only.
+    scale: the final norm's frozen ``s`` at this position (see the module docs).
+    """
+
+    heads: torch.Tensor
+    mlp: torch.Tensor
+    embeddings: float
+    remainder: float
+    remainder_parts: dict[str, float]
+    logit: float
+    target: int
+    foil: int | None
+    position: int
+    scale: float
+    attention: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # per layer: heads + bias
+
+    @property
+    def total(self) -> float:
+        return float(self.heads.double().sum() + self.mlp.double().sum()) + self.embeddings + self.remainder
+
+    @property
+    def error(self) -> float:
+        return self.logit - self.total
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` components with the largest |contribution|, as ("L3H2" / "MLP 5" / "embeddings", value)."""
+        items = [(f"L{l}H{h}", float(v)) for (l, h), v in _enumerate2(self.heads)]
+        items += [(f"MLP {l}", float(v)) for l, v in enumerate(self.mlp.tolist())]
+        items.append(("embeddings", self.embeddings))
+        return sorted(items, key=lambda kv: -abs(kv[1]))[:k]
+
+
+def _enumerate2(t: torch.Tensor):
+    for l in range(t.shape[0]):
+        for h in range(t.shape[1]):
+            yield (l, h), t[l, h]
+
+
+def _norm_affine(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """(a, b, centred, s) with ``norm(x) = a ⊙ P(x) · s + b`` at the one vector ``x`` [d] (checked)."""
+    centred = isinstance(norm, nn.LayerNorm) or "LayerNorm" in type(norm).__name__
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(norm, "eps", None)
+    weight = _weight(norm, "weight")
+    bias = _weight(norm, "bias") if centred else None
+    if eps is None or weight is None:
+        raise ValueError(
+            f"direct logit attribution needs the final norm's weight and epsilon; {type(norm).__name__} has "
+            f"{'no weight' if weight is None else 'no eps attribute'}."
+        )
+    x64 = x.double()
+    px = x64 - x64.mean() if centred else x64
+    s = 1.0 / math.sqrt(float(px.pow(2).mean()) + float(eps))
+    b = bias.double() if bias is not None else torch.zeros_like(x64)
+    actual = norm(x[None].to(weight.dtype))[0].double()
+    # Some norms scale by (1 + weight) (Gemma); find which one this module computes.
+    for a in (weight.double(), 1.0 + weight.double()):
+        if torch.allclose(a * px * s + b, actual, rtol=1e-3, atol=1e-4 * float(actual.abs().max()) + 1e-6):
+            return a, b, centred, s
+    raise ValueError(
+        f"the final norm {type(norm).__name__} is neither a LayerNorm nor an RMSNorm as nbinspect knows them, so "
+        "its scale cannot be frozen for direct logit attribution."
+    )
+
+
+def direct_logit_attribution(trace, *, target: int | None = None, foil: int | None = None,
+                             position: int | None = None) -> LogitAttribution:
+    """Split the target logit at ``position`` into what every head, MLP and the embeddings wrote.
+
+    ``target`` / ``foil``: token ids (default: the trace's target, else the model's top prediction at
+    ``position``); with a foil the attributed quantity is ``logit(target) - logit(foil)``. ``position``
+    defaults to the trace's target position, else the last token. The final norm's scale is frozen at
+    its value on this input (module docs); contributions + remainder equal the model's logit up to
+    floating-point error (``.error``).
+    """
+    adapter, record = _source(trace)
+    _require(adapter)
+    residual = _residuals(adapter, record, "direct logit attribution")
+    L, n = adapter.n_layers, int(residual[0].before.shape[1])
+    if position is None:
+        position = getattr(getattr(trace, "target", None), "position", None)
+        position = n - 1 if position is None else int(position)
+    if not -n <= position < n:
+        raise IndexError(f"position {position} is out of range: the text has tokens 0..{n - 1}.")
+    position %= n
+    if target is None:
+        target = _trace_token(trace)
+        if foil is None:
+            f = getattr(getattr(trace, "target", None), "foil", None)
+            foil = None if f is None else int(f)
+    for kind in ("heads", "attention_out", "mlp_out"):
+        missing = [i for i in range(L) if i not in getattr(record, kind)]
+        if missing:
+            raise ValueError(f"direct logit attribution needs {kind} of every layer; this record lacks layers {missing[:5]}.")
+    norm, head = adapter.final_norm(), adapter.unembedding()
+    W_U = _weight(head, "weight")
+    dev = W_U.device
+    vocab = int(W_U.shape[0])
+    x_L = residual[-1].after[0, position].to(dev)
+    with model_lock(adapter.model), torch.no_grad():
+        logits = unembed(adapter, x_L[None])[0]
+        if target is None:
+            target = int(logits.argmax())
+        for name, t in (("target", target), ("foil", foil)):
+            if t is not None and not 0 <= int(t) < vocab:
+                raise ValueError(f"{name} token id {t} is outside this model's vocabulary 0..{vocab - 1}.")
+        factor, cap = _logit_transform(adapter)
+        u = W_U[int(target)].double()
+        b_U = _weight(head, "bias")
+        bias_u = float(b_U[int(target)]) if b_U is not None else 0.0
+        if foil is not None:
+            u = u - W_U[int(foil)].double()
+            bias_u -= float(b_U[int(foil)]) if b_U is not None else 0.0
+        u, bias_u = u * factor, bias_u * factor
+        # The model's own (pre-cap) logit, recomputed from the stream in float64 for the reference value.
+        a, b, centred, s = _norm_affine(norm, x_L)
+        y = a * ((x_L.double() - x_L.double().mean()) if centred else x_L.double()) * s + b
+        logit = float(y @ u) + bias_u
+        au = a * u
+        v = (au - au.mean() if centred else au) * s  # c · v is c's contribution (P is symmetric)
+        contribution = lambda c: float(c.to(dev).double() @ v)  # noqa: E731
+        embeddings = contribution(residual[0].before[0, position])
+        heads = torch.zeros(L, adapter.n_heads, dtype=torch.float64)
+        mlp = torch.zeros(L, dtype=torch.float64)
+        attention = torch.zeros(L, dtype=torch.float64)
+        attn_bias = 0.0
+        rebuilt = residual[0].before[0, position].to(dev).double()
+        for l in range(L):
+            ho = record.heads[l]
+            z = ho.per_head[0, position].to(dev).double()  # [H, hd]
+            W = ho.weight.to(dev).double().unflatten(1, (ho.n_heads, -1))  # [d, H, hd]
+            heads[l] = torch.einsum("hd,mhd,m->h", z, W, v)
+            attn = record.attention_out[l][0, position].to(dev).double()
+            attention[l] = float(attn @ v)
+            if ho.bias is not None:
+                attn_bias += float(ho.bias.to(dev).double() @ v)
+            mlp[l] = contribution(record.mlp_out[l][0, position])
+            rebuilt = rebuilt + attn + record.mlp_out[l][0, position].to(dev).double()
+        _check_sum(rebuilt, x_L.double(), adapter)
+    parts = {"final norm bias": float(b @ u), "unembedding bias": bias_u, "attention output biases": attn_bias}
+    return LogitAttribution(
+        heads=heads.float(),
+        mlp=mlp.float(),
+        embeddings=embeddings,
+        remainder=sum(parts.values()),
+        remainder_parts=parts,
+        logit=logit,
+        target=int(target),
+        foil=None if foil is None else int(foil),
+        position=position,
+        scale=s,
+        attention=attention.float(),
+    )
+
+
+def _check_sum(rebuilt: torch.Tensor, actual: torch.Tensor, adapter: Adapter) -> None:
+    """The stream must be the embeddings plus every block's attention and MLP output (pre-norm blocks)."""
+    gap = float((rebuilt - actual).norm()) / max(float(actual.norm()), 1e-12)
+    if gap > 1e-3:
+        raise ValueError(
+            f"this {adapter.family!r} model's residual stream is not the sum of its embeddings and its blocks' "
+            f"attention and MLP outputs (relative gap {gap:.1e}; e.g. norms after the sub-blocks), so direct logit "
+            "attribution cannot split it."
+        )
+
+
+# --- what each block writes ------------------------------------------------------------------------
+@dataclass
+class BlockWrites:
+    """Per layer (rows) and token (columns), float32 on the device; ``mean_*`` average over tokens.
+
+    stream_in / stream_out: ‖residual‖ before / after the block. attention / mlp: ‖what the attention /
+    MLP block wrote‖. cos_attention: cosine between the attention write and the stream it is added to
+    (the block's input); cos_mlp: between the MLP write and its input stream (input + attention write for
+    sequential blocks; the block's input for GPT-NeoX's parallel residual).
+    """
+
+    stream_in: torch.Tensor
+    stream_out: torch.Tensor
+    attention: torch.Tensor
+    mlp: torch.Tensor
+    cos_attention: torch.Tensor
+    cos_mlp: torch.Tensor
+
+    def mean(self, name: str) -> torch.Tensor:
+        return getattr(self, name).mean(dim=1)
+
+
+def block_writes(trace) -> BlockWrites:
+    """Norms of the residual stream and of what each block's attention and MLP write, and their cosines."""
+    adapter, record = _source(trace)
+    residual = _residuals(adapter, record, "block writes")
+    for kind in ("attention_out", "mlp_out"):
+        missing = [i for i in range(adapter.n_layers) if i not in getattr(record, kind)]
+        if missing:
+            raise ValueError(f"block writes need {kind} of every layer; this record lacks layers {missing[:5]}.")
+    parallel = bool(getattr(adapter.config, "use_parallel_residual", False))
+    rows = {k: [] for k in ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_mlp")}
+    with torch.no_grad():
+        for l, r in enumerate(residual):
+            before = r.before[0].float()
+            attn = record.attention_out[l][0].to(before.device).float()
+            mlp = record.mlp_out[l][0].to(before.device).float()
+            mid = before if parallel else before + attn
+            rows["stream_in"].append(before.norm(dim=-1))
+            rows["stream_out"].append(r.after[0].float().norm(dim=-1).to(before.device))
+            rows["attention"].append(attn.norm(dim=-1))
+            rows["mlp"].append(mlp.norm(dim=-1))
+            rows["cos_attention"].append(torch.cosine_similarity(attn, before, dim=-1))
+            rows["cos_mlp"].append(torch.cosine_similarity(mlp, mid, dim=-1))
+    device = rows["stream_in"][0].device
+    out = {k: torch.stack([t.to(device) for t in v]) for k, v in rows.items()}
+    codecs.check_finite(out["stream_out"].amax(), "the residual stream")
+    return BlockWrites(**out)
+
+
+# --- head types ------------------------------------------------------------------------------------
+HEAD_TYPES = ("previous_token", "induction", "duplicate_token", "first_token")
+#: A head gets a type's badge when its score is at least this (scores are mean attention weights, 0..1);
+#: 0.4 is about where TransformerLens's head detector and the induction-head papers call a head one.
+BADGE_THRESHOLD = 0.4
+
+
+def head_type_scores(pattern: torch.Tensor, period: int, start: int = 0) -> torch.Tensor:
+    """Scores of every head for the four types, float32 [4, heads] in :data:`HEAD_TYPES` order.
+
+    ``pattern``: attention probabilities [heads, n, n] (query, key) on a sequence whose positions
+    ``start .. start + period - 1`` are repeated at ``start + period .. start + 2 * period - 1``.
+    Each score is a mean attention weight (Olsson et al. 2022; TransformerLens ``head_detector``):
+
+    - previous-token: from every query ``q ≥ 1`` to ``q - 1``;
+    - induction: from every query in the repeat to the token *after* the earlier occurrence of its own
+      token (``q - period + 1``);
+    - duplicate-token: from every query in the repeat to the earlier occurrence of its token (``q - period``);
+    - first-token ("sink", Xiao et al. 2023): from every query ``q ≥ 1`` to position 0.
+    """
+    H, n, _ = pattern.shape
+    if n < 2:
+        raise ValueError("head types need at least two tokens.")
+    p = pattern.float()
+    q = torch.arange(1, n, device=p.device)
+    previous = p[:, q, q - 1].mean(dim=-1)
+    first = p[:, q, 0].mean(dim=-1)
+    if period < 1 or start < 0 or start + 2 * period > n:
+        raise ValueError(f"a repeat of period {period} from position {start} does not fit in {n} tokens.")
+    rq = torch.arange(start + period, start + 2 * period, device=p.device)
+    induction = p[:, rq, rq - period + 1].mean(dim=-1)
+    duplicate = p[:, rq, rq - period].mean(dim=-1)
+    return torch.stack([previous, induction, duplicate, first])
+
+
+@dataclass
+class HeadTypes:
+    """Head-type scores of every head, float32 [layers, heads] each, and how they were measured."""
+
+    scores: dict[str, torch.Tensor]
+    period: int
+    tokens: torch.Tensor  # the sequence they were measured on, [n]
+
+    def badges(self, threshold: float = BADGE_THRESHOLD) -> torch.Tensor:
+        """uint8 [layers, heads]: 0 none, else 1 + the index in HEAD_TYPES of the head's strongest type ≥ threshold."""
+        stacked = torch.stack([self.scores[k] for k in HEAD_TYPES])  # [4, L, H]
+        best, which = stacked.max(dim=0)
+        return torch.where(best >= threshold, which + 1, torch.zeros_like(which)).to(torch.uint8)
+
+    def top(self, kind: str, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` heads with the highest ``kind`` score, as (layer, head, score)."""
+        if kind not in self.scores:
+            raise ValueError(f"head type {kind!r} is not known: use one of {HEAD_TYPES}.")
+        s = self.scores[kind]
+        values, idx = torch.topk(s.flatten(), min(k, s.numel()))
+        H = s.shape[1]
+        return [(int(i) // H, int(i) % H, float(v)) for v, i in zip(values, idx)]
+
+    def rows(self) -> list[dict]:
+        """One dict per head: layer, head and the four scores (a table for any dataframe library)."""
+        L, H = self.scores[HEAD_TYPES[0]].shape
+        return [{"layer": l, "head": h, **{k: float(self.scores[k][l, h]) for k in HEAD_TYPES}}
+                for l in range(L) for h in range(H)]
+
+    def __repr__(self) -> str:
+        lines = [f"HeadTypes on a random sequence repeated once (period {self.period}); top heads per type:"]
+        for kind in HEAD_TYPES:
+            top = ", ".join(f"L{l}H{h} {v:.2f}" for l, h, v in self.top(kind, 5))
+            lines.append(f"  {kind:<16} {top}")
+        return "\n".join(lines)
+
+
+def repeated_tokens(tokenizer, vocab: int, period: int, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """``[bos] + R + R`` with ``R`` ``period`` random ordinary token ids; returns (ids [n], start of R)."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    while len(picks) < period:
+        for t in torch.randint(0, vocab, (period * 2,), generator=g).tolist():
+            if t not in special and t not in picks:
+                picks.append(t)
+            if len(picks) == period:
+                break
+    bos = getattr(tokenizer, "bos_token_id", None)
+    prefix = [bos] if isinstance(bos, int) and 0 <= bos < vocab else []
+    return torch.tensor(prefix + picks + picks), len(prefix)
+
+
+def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=None) -> HeadTypes:
+    """Score every head as previous-token, induction, duplicate-token and first-token ("sink") head.
+
+    Runs the model once (no gradients) on a random sequence of ``period`` ordinary tokens repeated once
+    (after the tokenizer's BOS token, when it has one), keeping only the four scores per head (see
+    :func:`head_type_scores`). A Trace may be passed instead of ``model``; its model and tokenizer are used.
+    """
+    from .capture import Request, capture
+    from .inputs import vocab_size
+
+    if hasattr(model, "record") and hasattr(model, "adapter"):
+        tokenizer = tokenizer or getattr(model, "tokenizer", None)
+        parts = model.adapter.parts
+        model = model.model
+    adapter = Adapter.of(model, parts)
+    vocab = vocab_size(adapter)
+    if vocab is None:
+        raise ValueError("head types need the model's vocabulary size to build a random sequence.")
+    limit = adapter.max_positions
+    if not isinstance(period, int) or period < 2 or (limit and 2 * period + 1 > limit):
+        raise ValueError(f"period {period!r} is out of range: use 2..{(limit - 1) // 2 if limit else 'any'} tokens.")
+    ids, start = repeated_tokens(tokenizer, vocab, period, seed)
+    ids = ids[None].to(adapter.device_of(0))
+    reduce = lambda layer, p: head_type_scores(p[0], period, start)  # noqa: E731
+    with model_lock(model), torch.no_grad(), capture(model, attention=Request(reduce=reduce), logits=False, parts=parts) as rec:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    stacked = torch.stack([rec.attention[l].cpu() for l in range(adapter.n_layers)], dim=1)  # [4, L, H]
+    return HeadTypes({k: stacked[i] for i, k in enumerate(HEAD_TYPES)}, period, ids[0].cpu())

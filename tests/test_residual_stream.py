@@ -1,0 +1,213 @@
+"""The residual stream as a sum: logit lens, direct logit attribution, block writes, head types, and their views."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_models import FAMILIES, CharTokenizer, tiny
+
+import nbinspect
+from nbinspect import codecs
+from nbinspect import residual_stream as rs
+from nbinspect.adapters import Adapter
+
+DECODERS = [f for f in FAMILIES if f != "bert"]
+TEXT = "hello world, hello there"
+
+
+def make_trace(model, tokenizer, text, **kw):
+    if hasattr(nbinspect, "trace"):
+        return nbinspect.trace(model, tokenizer, text, gradients=False, **kw)
+    from types import SimpleNamespace  # until nbinspect.trace lands
+
+    rec = nbinspect.run(model, tokenizer, text, residual=True, heads=True, attention_out=True, mlp_out=True)
+    return SimpleNamespace(record=rec, adapter=Adapter.of(model), model=model, n_tokens=len(rec.tokens))
+
+
+def randomize_biases(model, seed=1):
+    """Give every bias and norm parameter random values, so the remainder (norm bias, o_proj and MLP
+    biases, unembedding bias) is not zero and a missed term shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ("norm" in name or "ln" in name) and p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+# --- direct logit attribution ---------------------------------------------------------------------
+@pytest.mark.parametrize("family", DECODERS)
+def test_attribution_sums_to_the_models_logit(family):
+    model = randomize_biases(tiny(family))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    logits = trace.record.logits[0]
+    for position in (trace.n_tokens - 1, 3):
+        target = int(logits[position].argmax())
+        dla = rs.direct_logit_attribution(trace, target=target, position=position)
+        total = float(dla.heads.double().sum() + dla.mlp.double().sum()) + dla.embeddings + dla.remainder
+        assert total == pytest.approx(float(logits[position, target]), abs=1e-4)
+        assert dla.logit == pytest.approx(float(logits[position, target]), abs=1e-4)
+        assert dla.heads.shape == (3, 4) and dla.mlp.shape == (3,)
+        # Each layer's heads plus its o_proj bias are that layer's attention write.
+        assert float(dla.heads.sum()) + dla.remainder_parts["attention output biases"] == pytest.approx(
+            float(dla.attention.sum()), abs=1e-4)
+    if family == "gpt2":  # GPT-2 has biases everywhere: the remainder must carry them
+        assert abs(dla.remainder_parts["final norm bias"]) > 1e-3
+        assert abs(dla.remainder_parts["attention output biases"]) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attribution_of_a_contrast_is_the_logit_difference(family):
+    model = randomize_biases(tiny(family))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    logits = trace.record.logits[0, -1]
+    dla = rs.direct_logit_attribution(trace, target=10, foil=20)
+    assert dla.total == pytest.approx(float(logits[10] - logits[20]), abs=1e-4)
+    single = rs.direct_logit_attribution(trace, target=10)
+    foil = rs.direct_logit_attribution(trace, target=20)
+    assert torch.allclose(dla.heads, single.heads - foil.heads, atol=1e-5)
+
+
+def test_untied_embeddings_use_the_output_matrix():
+    model = tiny("gpt_neox")  # GPT-NeoX unties embed_in and embed_out
+    assert not Adapter.of(model).tied_embeddings()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3.0)
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    dla = rs.direct_logit_attribution(trace, target=7)
+    assert dla.total == pytest.approx(float(trace.record.logits[0, -1, 7]), abs=1e-4)
+
+
+def test_a_wrong_decomposition_is_refused():
+    model = tiny("llama")
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    trace.record.mlp_out[1] = trace.record.mlp_out[1] * 2  # a stream that is not the sum of its parts
+    with pytest.raises(ValueError, match="not the sum"):
+        rs.direct_logit_attribution(trace)
+
+
+def test_encoders_say_why_not():
+    adapter = Adapter.of(tiny("bert"))
+    reason = rs.not_applicable(adapter)
+    assert reason and "encoder" in reason
+
+
+# --- logit lens ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", DECODERS)
+def test_lens_last_layer_is_the_models_own_prediction(family):
+    model = randomize_biases(tiny(family))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    lens = rs.logit_lens(trace, k=5, target=9)
+    logp = trace.record.logits[0].float().log_softmax(-1)
+    top = logp.topk(5)
+    assert lens.top_ids.shape == (3, trace.n_tokens, 5)
+    assert torch.equal(lens.top_ids[-1], top.indices)
+    assert torch.allclose(lens.top_probs[-1], top.values.exp(), atol=1e-5)
+    assert torch.allclose(lens.entropy[-1], -(logp.exp() * logp).sum(-1), atol=1e-4)
+    assert float(lens.kl_to_final[-1].abs().max()) < 1e-5
+    assert float(lens.kl_to_final[:-1].max()) > 0
+    assert torch.allclose(lens.target_prob[-1], logp[:, 9].exp(), atol=1e-6)
+    assert torch.equal(lens.target_rank[-1], (logp > logp[:, 9:10]).sum(-1))
+
+
+def test_lens_of_an_early_layer_decodes_that_layers_stream():
+    model = tiny("llama")
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    adapter = Adapter.of(model)
+    x = trace.record.residual[0].after[0]
+    expected = model.lm_head(model.model.norm(x)).log_softmax(-1)
+    lens = rs.logit_lens(trace, k=3)
+    assert torch.equal(lens.top_ids[0], expected.topk(3).indices)
+    assert lens.target is None and lens.target_prob is None
+    assert adapter.n_layers == lens.n_layers
+
+
+def test_lens_in_small_chunks_gives_the_same_answer(monkeypatch):
+    model = tiny("gpt2")
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    whole = rs.logit_lens(trace, target=4)
+    monkeypatch.setattr(codecs, "LENS_CHUNK_MAX_BYTES", 1)  # one position per chunk
+    pieces = rs.logit_lens(trace, target=4)
+    assert torch.equal(whole.top_ids, pieces.top_ids)
+    assert torch.allclose(whole.kl_to_final, pieces.kl_to_final, atol=1e-6)
+    assert torch.equal(whole.target_rank, pieces.target_rank)
+
+
+# --- block writes ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_block_writes(family):
+    model = tiny(family)
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    bw = rs.block_writes(trace)
+    rec = trace.record
+    assert bw.stream_in.shape == (3, trace.n_tokens)
+    assert torch.allclose(bw.stream_out[:-1], bw.stream_in[1:], atol=1e-5)
+    assert torch.allclose(bw.attention[1], rec.attention_out[1][0].norm(dim=-1), atol=1e-6)
+    before = rec.residual[2].before[0]
+    assert torch.allclose(bw.cos_attention[2], torch.cosine_similarity(rec.attention_out[2][0], before, dim=-1), atol=1e-6)
+    assert bool((bw.cos_mlp.abs() <= 1 + 1e-6).all())
+    assert bw.mean("mlp").shape == (3,)
+
+
+# --- head types ------------------------------------------------------------------------------------
+def _pattern(n, keys):
+    """[n, n] attention where query q puts all its weight on keys(q) (a valid causal pattern)."""
+    p = torch.zeros(n, n)
+    for q in range(n):
+        p[q, keys(q)] = 1.0
+    return p
+
+
+def test_head_type_scores_on_hand_built_patterns():
+    period, start = 6, 1
+    n = start + 2 * period
+    heads = torch.stack([
+        _pattern(n, lambda q: max(q - 1, 0)),  # previous token
+        _pattern(n, lambda q: q - period + 1 if q >= start + period else 0),  # induction (else sink)
+        _pattern(n, lambda q: q - period if q >= start + period else q),  # duplicate (else self)
+        _pattern(n, lambda q: 0),  # sink
+        torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None],  # uniform causal
+    ])
+    s = rs.head_type_scores(heads, period, start)
+    assert s.shape == (4, 5)
+    prev, ind, dup, first = s
+    assert prev[0] == 1 and ind[1] == 1 and dup[2] == 1 and first[3] == 1
+    assert prev[3] == pytest.approx(1 / (n - 1))  # the sink's q=1 also looks at q-1 = 0
+    assert ind[0] == 0 and dup[0] == 0 and ind[3] == 0
+    # Uniform causal attention: query q gives 1/(q+1) to each key.
+    rq = torch.arange(start + period, n).float()
+    assert ind[4] == pytest.approx(float((1 / (rq + 1)).mean()), rel=1e-5)
+    assert first[4] == pytest.approx(float((1 / torch.arange(2, n + 1).float()).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        rs.head_type_scores(heads, period=20, start=0)
+
+
+def test_head_types_builds_a_repeat_and_leaves_no_hooks():
+    model = tiny("llama")
+    tok = CharTokenizer()
+    ht = rs.head_types(model, tok, period=10)
+    assert set(ht.scores) == set(rs.HEAD_TYPES)
+    assert ht.scores["induction"].shape == (3, 4)
+    n = ht.tokens.numel()
+    assert n == 20 and torch.equal(ht.tokens[:10], ht.tokens[10:])
+    assert ht.badges().shape == (3, 4) and ht.badges().dtype == torch.uint8
+    assert len(ht.rows()) == 12 and "induction" in repr(ht)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert ht.top("first_token", 2)[0][2] >= ht.top("first_token", 2)[1][2]
+
+
+# --- a real model ----------------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_smollm2_attribution_lens_and_induction(smollm2):
+    model, tokenizer = smollm2
+    trace = make_trace(model, tokenizer, "The capital of France is")
+    logits = trace.record.logits[0, -1]
+    paris = tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    dla = rs.direct_logit_attribution(trace, target=paris)
+    assert abs(dla.total - float(logits[paris])) < 1e-4, dla.error
+    lens = rs.logit_lens(trace, target=paris)
+    assert int(lens.top_ids[-1, -1, 0]) == paris == int(logits.argmax())
+    assert float(lens.target_prob[-1, -1]) > 0.5 > float(lens.target_prob[10, -1])  # formed late
+    assert math.isclose(float(lens.kl_to_final[-1].max()), 0.0, abs_tol=1e-5)
