@@ -315,13 +315,19 @@ class Histogram:
         return torch.linspace(self.lo, self.hi, len(self.counts) + 1, dtype=torch.float64)
 
 
-def histogram(tensors: Iterable[torch.Tensor], bins: int = 0) -> Histogram:
-    """One histogram (common range) and the moments of all values of ``tensors``, computed on their device."""
+def histogram(tensors: Iterable[torch.Tensor], bins: int = 0, range: tuple[float, float] | None = None) -> Histogram:
+    """One histogram (common range, or ``range``) and the moments of all values of ``tensors``, on their device.
+
+    With ``range``, values outside it are not counted in the bins (the moments still cover every value).
+    """
     bins = bins or codecs.WEIGHT_HISTOGRAM_BINS
     tensors = list(tensors)
-    ranges = [torch.aminmax(t.detach().reshape(-1).float()) for t in tensors]
-    lo = min(float(r[0]) for r in ranges)
-    hi = max(float(r[1]) for r in ranges)
+    if range is None:
+        ranges = [torch.aminmax(t.detach().reshape(-1).float()) for t in tensors]
+        lo = min(float(r[0]) for r in ranges)
+        hi = max(float(r[1]) for r in ranges)
+    else:
+        lo, hi = range
     total = torch.zeros(bins, dtype=torch.float64)
     moments = Moments()
     for t in tensors:
@@ -768,6 +774,31 @@ class AttentionInputs:
         return None, None
 
 
+@dataclass
+class Text:
+    """A model and one tokenized text, for the anatomy views when no Trace is at hand (nothing is run here)."""
+
+    model: nn.Module
+    adapter: Adapter
+    inputs: dict
+    tokens: list[str]
+
+
+def text(model: nn.Module, tokenizer, text: str, parts: ModelParts | None = None) -> Text:
+    """Tokenize ``text`` for ``model`` (refusing empty or over-long text) without running anything."""
+    from .inputs import encode, token_strings
+
+    adapter = Adapter.of(model, parts)
+    inputs = encode(tokenizer, text, adapter)
+    return Text(model, adapter, inputs, token_strings(tokenizer, inputs["input_ids"]))
+
+
+def _model_and_inputs(source, inputs):
+    if isinstance(source, Text):
+        return source.model, source.inputs
+    return source, inputs
+
+
 def mechanics(model_or_trace, inputs: dict | None = None, *, layer: int, head: int, query: int = -1,
               parts: ModelParts | None = None) -> Mechanics:
     """One head's attention at one query token, step by step (see :class:`Mechanics`).
@@ -785,7 +816,7 @@ def mechanics(model_or_trace, inputs: dict | None = None, *, layer: int, head: i
         return grab.mechanics(head, query)
     from .perturb import model_lock
 
-    model = model_or_trace
+    model, inputs = _model_and_inputs(model_or_trace, inputs)
     grab = AttentionInputs(Adapter.of(model, parts), layer)
     with model_lock(model), torch.no_grad(), grab:
         model(**inputs)
@@ -933,7 +964,7 @@ def activation(model_or_trace, inputs: dict | None = None, *, layer: int, parts:
         return grab.result()
     from .perturb import model_lock
 
-    model = model_or_trace
+    model, inputs = _model_and_inputs(model_or_trace, inputs)
     grab = ActivationInputs(Adapter.of(model, parts), layer)
     with model_lock(model), torch.no_grad(), grab:
         model(**inputs)

@@ -231,3 +231,165 @@ def test_regimes_of_relu():
     x = act.pre.reshape(-1)
     assert r["linear"] == pytest.approx(float((x > 0).float().mean()))
     assert r["negative"] == pytest.approx(float((x < 0).float().mean()))
+
+
+# --- views ----------------------------------------------------------------------------------------
+
+
+def decoded(view, name, dtype=np.float32):
+    return np.frombuffer(getattr(view, name), dtype=dtype)
+
+
+def test_parameters_view_sends_bytes_of_the_focused_weights():
+    from nbinspect.views.parameters_view import parameters
+
+    model = tiny("llama")
+    view = parameters(model)
+    inv = view.inventory
+    assert view.kinds == inv.kinds() and view.total == inv.total
+    assert decoded(view, "kind_counts", np.float64).sum() == inv.total
+    # focus: the largest kind over all layers; the histogram holds every weight of it
+    assert decoded(view, "hist").sum() == view.stats["n"] == sum(inv.pieces[i].numel for i in view.focused())
+    view.focus_tensor = "model.layers.2.self_attn.k_proj.weight"
+    w = model.model.layers[2].self_attn.k_proj.weight.detach().numpy()
+    assert view.focus_kind == "attention K" and view.stats["n"] == w.size
+    assert view.stats["std"] == pytest.approx(w.std(), rel=1e-5)
+    assert len(view.init_labels) == 4 and decoded(view, "init_counts").size == 4 * len(decoded(view, "hist"))
+    view.want_svd = True
+    assert np.allclose(decoded(view, "svd"), np.linalg.svd(w, compute_uv=False), rtol=1e-4)
+    view.focus_scope = "layer"
+    view.selection.layer = 1  # following the shared selection
+    assert view.focus_title.startswith("model.layers.1.self_attn.k_proj.weight")
+    view.show_fresh = True
+    assert decoded(view, "fresh_hist").size == decoded(view, "hist").size and view.fresh_note.startswith("fresh copy")
+    std = decoded(view, "std_by_layer").reshape(len(view.std_kinds), 3)
+    assert std[view.std_kinds.index("attention K"), 2] == pytest.approx(w.std(), rel=1e-5)
+    with pytest.raises(Exception, match="not in this model"):
+        view.focus_kind = "router"
+    assert 0 < view.payload_bytes() < 20_000
+
+
+def test_mechanics_view_follows_the_selection_and_matches_the_capture():
+    from nbinspect.views.attention_mechanics_view import attention_mechanics
+
+    model = sharp(tiny("llama"))
+    tok = CharTokenizer()
+    rec = nbinspect.run(model, tok, TEXT, attention=True)
+    view = attention_mechanics(model, tok, TEXT, layer=1, head=3)
+    n = len(view.tokens)
+    assert view.shown_of == [1, 3, n - 1] and view.shared_with == [2, 3] and view.has_rotary
+    assert np.abs(decoded(view, "probs") - rec.attention[1][0, 3, -1].numpy()).max() <= 1e-5
+    view.selection.token = 4
+    view.selection.head = 0
+    assert view.shown_of == [1, 0, 4] and view.kv_head == 0
+    probs = decoded(view, "probs")
+    assert np.abs(probs - rec.attention[1][0, 0, 4].numpy()).max() <= 1e-5
+    assert (decoded(view, "masked", np.uint8)[5:] == 1).all() and (decoded(view, "masked", np.uint8)[:5] == 0).all()
+    assert len(view.k) == n * 8 and len(view.k_before) == n * 8
+    with pytest.raises(Exception, match="temperature"):
+        view.temperature = 0.0
+
+
+def test_activation_view_and_gpt2():
+    from nbinspect import codecs
+    from nbinspect.views.activation_view import activations
+
+    tok = CharTokenizer()
+    view = activations(tiny("llama"), tok, TEXT, layer=2)
+    assert view.act_name == "silu" and view.gated and view.shown_layer == 2
+    assert decoded(view, "curve").size == codecs.ACTIVATION_CURVE_POINTS
+    assert decoded(view, "pre_hist").sum() == len(view.tokens) * 64
+    assert decoded(view, "product_hist").sum() == len(view.tokens) * 64
+    view.selection.layer = 0
+    assert view.shown_layer == 0
+    g = activations(tiny("gpt2"), tok, TEXT)
+    assert g.act_name == "gelu_new" and not g.gated and g.product_hist == b""
+
+
+def test_compare_relative_change_and_mismatch_errors():
+    from nbinspect.compare import ArchitectureMismatch
+    from nbinspect.views.compare_view import compare
+
+    a, b = tiny("llama"), tiny("llama")
+    with torch.no_grad():
+        b.model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    view = compare(a, b)
+    c = view.comparison
+    up = c.kinds.index("FFN up")
+    grid = decoded(view, "grid").reshape(len(c.kinds), 3)
+    assert grid[up, 1] == pytest.approx(0.5, rel=1e-5)
+    assert np.nansum(grid) == pytest.approx(0.5, rel=1e-5)  # nothing else moved
+    assert c.largest(1)[0][0] == "model.layers.1.mlp.up_proj.weight"
+    assert compare(a, tiny("llama")).identical
+    with pytest.raises(ArchitectureMismatch, match="LlamaForCausalLM but model_b is a GPT2LMHeadModel"):
+        compare(a, tiny("gpt2"))
+    wider = transformers_llama(intermediate_size=96)
+    with pytest.raises(ArchitectureMismatch, match=r"model.layers.0.mlp.gate_proj.weight is \(64, 32\) in model_a but \(96, 32\)"):
+        compare(a, wider)
+    deeper = transformers_llama(num_hidden_layers=4)
+    with pytest.raises(ArchitectureMismatch, match="model_b has a parameter model_a lacks: 'model.layers.3"):
+        compare(a, deeper)
+    side = compare(a, b, CharTokenizer(), TEXT)
+    (att_a, att_b), (neu_a, neu_b) = side.side_by_side
+    assert att_a.selection is att_b.selection is side.selection is neu_a.selection
+    side.selection.layer = 2
+    assert att_a.layer == att_b.layer == neu_b.layer == 2
+
+
+def transformers_llama(**changes):
+    import transformers
+
+    config = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    config.update(changes)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+
+
+BROWSER_NB = r'''
+import sys; sys.path.insert(0, {tests!r})
+import torch, nbinspect
+from tiny_models import tiny, CharTokenizer
+from nbinspect.views.parameters_view import parameters
+from nbinspect.views.attention_mechanics_view import attention_mechanics
+from nbinspect.views.activation_view import activations
+from nbinspect.views.compare_view import compare
+model, tok = tiny("llama"), CharTokenizer()
+other = tiny("llama", seed=1)
+sel = nbinspect.Selection()
+views = [parameters(model, selection=sel), attention_mechanics(model, tok, "the cat sat on the mat <b>x</b>", selection=sel),
+         activations(model, tok, "the cat sat on the mat <b>x</b>", selection=sel), compare(model, other, selection=sel)]
+views[0].want_svd = True; views[0].focus_tensor = "model.layers.1.mlp.up_proj.weight"; views[0].show_fresh = True
+for v in views: display(v)
+'''
+
+
+@pytest.mark.browser
+def test_anatomy_views_paint_in_jupyterlab(artifacts):
+    import json
+    from pathlib import Path
+
+    import nbformat
+    from lab import canvas_ink, chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(BROWSER_NB.format(tests=str(Path(__file__).parent)))]
+    with jupyterlab({"anatomy_views.ipynb": nbformat.writes(nb)}) as (url, _), chromium() as browser:
+        page = open_notebook(browser, url, "anatomy_views.ipynb", timeout_ms=300_000)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run_all(page)
+        wait_idle_after_run(page, timeout_ms=180_000)
+        for cls in ("nbi-par", "nbi-mech", "nbi-act", "nbi-cmp"):
+            page.wait_for_function(f"() => document.querySelector('.{cls} canvas') !== null", timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(artifacts / "anatomy_views.png"), full_page=True)
+        for sel in (".nbi-par canvas", ".nbi-mech canvas", ".nbi-act canvas", ".nbi-cmp canvas"):
+            assert canvas_ink(page, sel) > 0.01, sel
+        # a click on the compare heatmap's layer-2 column selects layer 2 in Python and every view
+        box = page.evaluate("() => { const c = document.querySelector('.nbi-cmp canvas'); const r = c.getBoundingClientRect();"
+                            " return [r.left + Number(c.dataset.left) + 2.5 * Number(c.dataset.cellWidth), r.top + Number(c.dataset.top) + 5]; }")
+        page.mouse.click(*box)
+        page.wait_for_timeout(1000)
+        assert kernel(page, "print(sel.layer, views[2].shown_layer, views[1].shown_of[0])").strip() == "2 2 2"
+        assert not page.locator(".nbi-mech b").count()  # token text is drawn, never parsed as HTML
+        assert not errors, errors
