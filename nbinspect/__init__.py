@@ -9,6 +9,7 @@ from .monitor import Monitor, TrainerCallback, monitor
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .patching import PatchResult, patch
 from .recompute import Recompute
+from .sweep import SweepResult, head_sweep
 from .views.attention_view import AttentionView, attention
 from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
@@ -58,5 +59,7 @@ __all__ = [
     "Monitor",
     "TrainerCallback",
     "monitor",
+    "SweepResult",
+    "head_sweep",
 ]
 __version__ = "0.1.0"
