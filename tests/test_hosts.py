@@ -133,3 +133,61 @@ INK = """(c) => {
   for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
   return ink / (d.length / 4);
 }"""
+
+
+# --- marimo ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def marimo_app():
+    root = Path(tempfile.mkdtemp(prefix="nbinspect-marimo-"))
+    shutil.copy(NOTEBOOKS / "quickstart_marimo.py", root / "quickstart_marimo.py")
+    port = free_port()
+    cmd = [
+        str(BIN / "marimo"), "run", "quickstart_marimo.py", "--headless", "--host", "127.0.0.1", "--port", str(port),
+        "--no-token", "--no-sandbox", "--no-skew-protection",
+    ]
+    try:
+        with server(cmd, f"http://127.0.0.1:{port}", root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def data(locator, key: str):
+    # marimo renders each widget in a shadow root: locators reach into it, document.querySelector does not.
+    return locator.evaluate(f"(e) => e.dataset.{key}")
+
+
+def wait_data(locator, key: str, value: str, timeout: int = 60_000):
+    deadline = time.time() + timeout / 1000
+    while data(locator, key) != value:
+        if time.time() > deadline:
+            raise AssertionError(f"{key} is {data(locator, key)!r}, expected {value!r}")
+        time.sleep(0.1)
+
+
+def test_marimo_renders_the_linked_views_and_python_answers_a_click(marimo_app, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
+    page.goto(marimo_app)
+    att, neur = page.locator(".nbi-attn").first, page.locator(".nbi-neur").first
+    att.wait_for(timeout=180_000)
+    wait_data(att, "painted", "0,0", 120_000)
+    wait_data(neur, "painted", "0")
+    assert att.locator("canvas.nbi-grid").evaluate(INK) > 0.1
+    assert neur.locator("canvas.nbi-heat").evaluate(INK) > 0.1
+    # Click layer 6, head 1: the neuron view follows in the browser, and both views repaint once Python
+    # has sent the new focus map and layer 6's neurons through marimo's widget channel.
+    grid = att.locator("canvas.nbi-grid")
+    grid.scroll_into_view_if_needed()
+    d = grid.evaluate("(c) => ({ left: +c.dataset.left, top: +c.dataset.top, step: +c.dataset.step, size: +c.dataset.size })")
+    grid.click(position={"x": d["left"] + 1 * d["step"] + d["size"] / 2, "y": d["top"] + 6 * d["step"] + d["size"] / 2})
+    wait_data(neur, "layer", "6", 5_000)
+    # (marimo answers widget messages between cell runs: the dashboard cell below may still be running.)
+    wait_data(att, "painted", "6,1", 180_000)
+    wait_data(neur, "painted", "6", 30_000)
+    page.screenshot(path=str(artifacts / "marimo_views.png"), full_page=True)
+    assert not errors, errors
+    page.close()
