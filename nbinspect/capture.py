@@ -278,7 +278,9 @@ class capture:
         if self.requests["neurons"] is not None:
             request, layers = self.requests["neurons"]
             for i in layers:
-                hook(a.part(i, "neurons").register_forward_pre_hook(self._on_neurons(i, request)))
+                tokens, on_neurons = self._on_neurons(i, request)
+                hook(a.layers[i].register_forward_pre_hook(tokens, with_kwargs=True))
+                hook(a.part(i, "neurons").register_forward_pre_hook(on_neurons))
         if self.requests["residual"] is not None:
             request, layers = self.requests["residual"]
             for i in layers:
@@ -309,14 +311,15 @@ class capture:
         store, reduce = getattr(self.record, kind), _reducer(request, cast)
         return lambda value: store.__setitem__(layer, reduce(layer, value))
 
-    def _watch_gradient(self, kind: str, layer: int, tensor: torch.Tensor, slot: str | None = None) -> None:
+    def _watch_gradient(self, kind: str, layer: int, tensor: torch.Tensor, slot: str | None = None,
+                        shape: tuple | None = None) -> None:
         if kind not in self.gradient_kinds or not tensor.requires_grad:
             return
         grads = self.record.gradients.setdefault(kind, {})
 
         def keep(grad):
             if slot is None:
-                grads[layer] = grad.detach()
+                grads[layer] = grad.detach() if shape is None else grad.detach().reshape(shape)
             else:
                 previous = grads.get(layer, Residual(None, None))
                 grads[layer] = previous._replace(**{slot: grad.detach()})
@@ -335,13 +338,19 @@ class capture:
         return on_heads
 
     def _on_neurons(self, layer: int, request: Request):
-        store = self._store("neurons", layer, request)
+        store, block = self._store("neurons", layer, request), {}
+
+        def tokens(module, args, kwargs):
+            block["shape"] = _hidden(args, kwargs).shape[:-1]
 
         def on_neurons(module, args):
-            self._watch_gradient("neurons", layer, args[0])
-            store(args[0].detach())
+            x = args[0]
+            # Some MLPs (OPT's) run on the tokens flattened to [batch * position, d]; give them back their shape.
+            shape = (*block["shape"], -1) if x.dim() == 2 and len(block.get("shape", ())) == 2 else None
+            self._watch_gradient("neurons", layer, x, shape=shape)
+            store((x if shape is None else x.reshape(shape)).detach())
 
-        return on_neurons
+        return tokens, on_neurons
 
     def _on_residual(self, layer: int, request: Request):
         record, reduce = self.record.residual, _reducer(request)

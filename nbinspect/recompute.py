@@ -85,12 +85,13 @@ class Result:
 
     def logits(self, positions: Sequence[int] | None = None) -> torch.Tensor | None:
         """Next-token logits ``[batch, len(positions) or seq, vocab]``; ``None`` for models without a head."""
-        head = self._adapter.unembedding()
-        if head is None:
+        adapter = self._adapter
+        if adapter.unembedding() is None:
             return None
         h = self.hidden if positions is None else self.hidden[:, list(positions)]
-        norm = self._adapter.final_norm()
-        return self._head(lambda: head(norm(h) if norm is not None else h))
+        norm = adapter.final_norm()
+        # adapter.unembed: the model's whole head (masked-LM transforms, logit soft-capping/scaling).
+        return self._head(lambda: adapter.unembed(norm(h) if norm is not None else h))
 
 
 def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
