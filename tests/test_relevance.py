@@ -326,3 +326,61 @@ def test_smollm2_matches_lxt_and_is_nearly_conservative(smollm2):
     print(f"\nSmolLM2 {ids.shape[1]} tokens: AttnLRP {lrp_s:.2f}s = {lrp_s / forward_s:.1f}x a forward; "
           f"target {r.target:.3f}, tokens sum {r.tokens.sum():.3f}, remainder {r.remainder:.3f}")
     assert abs(r.remainder) <= ATTNLRP_REMAINDER * (abs(r.target) + np.abs(r.tokens).sum())
+
+
+# --- attention rollout and flow ----------------------------------------------------------------------------
+from nbinspect.rollout import FLOW_MAX_TOKENS, flow, flow_scores, rollout, rollout_matrix, with_residual  # noqa: E402
+
+
+def _random_maps(layers, n, seed=0, causal=True):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(layers, n, n, generator=g) ** 3
+    if causal:
+        a = a.tril()
+    return a / a.sum(-1, keepdim=True)
+
+
+def test_rollout_is_the_product_of_residual_maps():
+    maps = _random_maps(4, 6)
+    eye = torch.eye(6, dtype=torch.float64)
+    hats = [(0.5 * m.double() + 0.5 * eye) for m in maps]
+    expected = hats[3] @ hats[2] @ hats[1] @ hats[0]
+    torch.testing.assert_close(rollout_matrix(maps), expected)
+    torch.testing.assert_close(rollout_matrix(maps, upto=1), hats[1] @ hats[0])
+    r = rollout_matrix(maps)
+    torch.testing.assert_close(r.sum(-1), torch.ones(6, dtype=torch.float64))
+    assert float(r.triu(1).abs().max()) == 0.0  # causal maps: no token feeds an earlier one
+
+
+def test_flow_matches_networkx_and_single_layer_edges():
+    import networkx as nx
+
+    maps = _random_maps(3, 5, seed=2)
+    a = with_residual(maps).numpy()
+    g = nx.DiGraph()
+    for layer in range(3):
+        for i in range(5):
+            for j in range(5):
+                if a[layer][i, j] > 0:
+                    g.add_edge((layer, j), (layer + 1, i), capacity=float(a[layer][i, j]))
+    expected = [nx.maximum_flow_value(g, (0, j), (3, 4)) if (0, j) in g else 0.0 for j in range(5)]
+    np.testing.assert_allclose(flow_scores(maps, position=4), expected, atol=1e-5)
+    # One layer: the only path from j to p is the edge itself.
+    np.testing.assert_allclose(flow_scores(maps[:1], position=3), a[0][3], atol=1e-5)
+
+
+def test_flow_refuses_long_texts():
+    with pytest.raises(ValueError, match=f"limited to {FLOW_MAX_TOKENS} tokens.*rollout"):
+        flow_scores(_random_maps(1, FLOW_MAX_TOKENS + 1))
+
+
+def test_rollout_and_flow_on_a_model():
+    model, tok = tiny("llama"), CharTokenizer()
+    before = _state(model)
+    r = rollout(model, tok, "hello there")
+    assert r.dtype == np.float32 and r.shape == (11,) and r.sum() == pytest.approx(1.0, abs=1e-5)
+    early = rollout(model, tok, "hello there", layer=0)
+    assert not np.allclose(early, r)
+    f = flow(model, tok, "hello there", position=5)
+    assert f.shape == (11,) and float(np.abs(f[6:]).max()) == 0.0
+    _assert_same(model, before)
