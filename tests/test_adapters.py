@@ -121,3 +121,60 @@ def test_tied_embeddings():
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     assert Adapter.of(LlamaForCausalLM(config)).tied_embeddings()
     assert not Adapter.of(tiny("gpt_neox")).tied_embeddings()
+
+
+class _Mix(nn.Module):
+    """An output projection nbinspect cannot recognise as a linear layer."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.mix = nn.Parameter(linear.weight.detach().clone())
+
+    def forward(self, x):
+        return x @ self.mix.t()
+
+
+def test_a_part_not_found_is_refused_only_where_it_is_needed():
+    from nbinspect import AddNoise, EditError, ScaleHead, perturb
+
+    model = tiny("phi")  # found by structure
+    for layer in model.model.layers:
+        layer.self_attn.dense = _Mix(layer.self_attn.dense)
+    adapter = Adapter.of(model)
+    assert adapter.by_structure and adapter.parts.attention_output is None
+    assert any("output projection" in line for line in adapter.not_found)
+    ids = torch.randint(0, 128, (1, 6))
+    with capture(model, attention=True, residual=True, neurons=True) as record, torch.no_grad():
+        model(input_ids=ids)  # what does not need the projection still works
+    assert sorted(record.attention) == [0, 1] and record.neurons[1].shape == (1, 6, 64)
+    with pytest.raises(UnsupportedModelError, match=r"attention output projection.*ModelParts\(attention_output="):
+        capture(model, heads=True).__enter__()
+    with pytest.raises(EditError, match="attention output projection"):
+        perturb(model, ScaleHead(0, 1, 0.0)).start()
+    with perturb(model, AddNoise((1, "attention"), 0.1)):
+        pass
+
+
+def test_opt_has_no_mlp_module_but_has_neurons():
+    from nbinspect import AddNoise, EditError, perturb
+
+    model = tiny("opt")  # fc1/fc2 sit in the block itself
+    adapter = Adapter.of(model)
+    assert adapter.parts.mlp is None and adapter.parts.neurons == "fc2"
+    with pytest.raises(EditError, match="MLP module|no part .mlp."):
+        perturb(model, AddNoise((0, "mlp"), 0.1)).start()
+    with capture(model, neurons=True) as record, torch.no_grad():
+        model(input_ids=torch.randint(0, 128, (2, 5)))
+    assert record.neurons[0].shape == (2, 5, 64)  # OPT flattens the tokens; the capture does not
+
+
+def test_not_a_transformer_is_refused_by_structure_too():
+    class Blocks(nn.Module):  # a block list without attention
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+    with pytest.raises(UnsupportedModelError, match="attention module.*ModelParts"):
+        Adapter.of(Blocks())
+    with pytest.raises(UnsupportedModelError, match="list of transformer blocks"):
+        Adapter.of(nn.Linear(3, 3))
