@@ -52,3 +52,43 @@ def test_offloaded_layers_are_captured_where_they_run(dispatched):
         torch.testing.assert_close(record.heads[i].writes(), expected.heads[i].writes(), rtol=0, atol=1e-6)
     torch.testing.assert_close(record.logits, expected.logits, rtol=0, atol=1e-6)
     assert next(adapter.layers[1].parameters()).device.type == "meta"
+
+
+def _ids():
+    return torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(1))
+
+
+def test_edits_of_offloaded_weights_name_the_layer_and_change_nothing(dispatched):
+    from nbinspect import AddNoise, EditError, ScaleHead, perturb
+
+    model, _ = dispatched
+    before = {name: p.clone() for name, p in model.named_parameters() if p.device.type != "meta"}
+    for edit in (ScaleHead(1, 0, 0.0), AddNoise(2, 0.1)):
+        with pytest.raises(EditError, match=r"model\.layers\.[12]\..*offloaded"):
+            perturb(model, ScaleHead(0, 1, 0.5), edit).start()  # the edit of layer 0 is not left behind
+    for name, p in model.named_parameters():
+        if p.device.type != "meta":
+            assert torch.equal(p, before[name]), name
+
+
+def test_edits_of_weights_on_a_device_match_the_same_edit_undispatched(dispatched):
+    from nbinspect import ScaleHead, ScaleNeuron, perturb
+    from nbinspect.recompute import Recompute
+
+    model, reference = dispatched
+    edits = (ScaleHead(0, 1, 0.0), ScaleNeuron(0, 3, 2.0))
+    ids = _ids()
+    with torch.no_grad():
+        with perturb(model, *edits):
+            edited = model(input_ids=ids).logits
+        with perturb(reference, *edits):
+            expected = reference(input_ids=ids).logits
+        plain = reference(input_ids=ids).logits
+    assert (edited - plain).abs().max() > 1e-4
+    torch.testing.assert_close(edited, expected, rtol=0, atol=1e-6)
+    # Rerunning from layer 0 goes through accelerate's hooks, offloaded layers included.
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    result = Recompute(model, inputs).run(*edits)
+    assert result.from_layer == 0
+    torch.testing.assert_close(result.logits(), expected, rtol=0, atol=1e-5)
+    assert next(Adapter.of(model).layers[1].parameters()).device.type == "meta"
