@@ -35,6 +35,7 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -546,9 +547,10 @@ def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=
     from .capture import Request, capture
     from .inputs import vocab_size
 
-    if hasattr(model, "record") and hasattr(model, "adapter"):
+    edits = ()
+    if hasattr(model, "record") and hasattr(model, "adapter"):  # a Trace: its model, under its edits
         tokenizer = tokenizer or getattr(model, "tokenizer", None)
-        parts = model.adapter.parts
+        parts, edits = model.adapter.parts, tuple(getattr(model, "edits", ()) or ())
         model = model.model
     adapter = Adapter.of(model, parts)
     vocab = vocab_size(adapter)
@@ -560,7 +562,10 @@ def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=
     ids, start = repeated_tokens(tokenizer, vocab, period, seed)
     ids = ids[None].to(adapter.device_of(0))
     reduce = lambda layer, p: head_type_scores(p[0], period, start)  # noqa: E731
-    with model_lock(model), torch.no_grad(), capture(model, attention=Request(reduce=reduce), logits=False, parts=parts) as rec:
+    from .perturb import perturb
+
+    with model_lock(model), torch.no_grad(), perturb(model, *edits, parts=parts) if edits else nullcontext(), \
+            capture(model, attention=Request(reduce=reduce), logits=False, parts=parts) as rec:
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     stacked = torch.stack([rec.attention[l].cpu() for l in range(adapter.n_layers)], dim=1)  # [4, L, H]
     return HeadTypes({k: stacked[i] for i, k in enumerate(HEAD_TYPES)}, period, ids[0].cpu())

@@ -18,12 +18,9 @@ TEXT = "hello world, hello there"
 
 
 def make_trace(model, tokenizer, text, **kw):
-    if hasattr(nbinspect, "trace"):
-        return nbinspect.trace(model, tokenizer, text, gradients=False, **kw)
-    from types import SimpleNamespace  # until nbinspect.trace lands
+    from nbinspect.trace import trace
 
-    rec = nbinspect.run(model, tokenizer, text, residual=True, heads=True, attention_out=True, mlp_out=True)
-    return SimpleNamespace(record=rec, adapter=Adapter.of(model), model=model, n_tokens=len(rec.tokens))
+    return trace(model, tokenizer, text, gradients=False, **kw)
 
 
 def randomize_biases(model, seed=1):
@@ -120,7 +117,8 @@ def test_lens_of_an_early_layer_decodes_that_layers_stream():
     expected = model.lm_head(model.model.norm(x)).log_softmax(-1)
     lens = rs.logit_lens(trace, k=3)
     assert torch.equal(lens.top_ids[0], expected.topk(3).indices)
-    assert lens.target is None and lens.target_prob is None
+    # The trace's target (here the predicted token) is the lens's default target.
+    assert lens.target == trace.target.token == int(trace.record.logits[0, -1].argmax())
     assert adapter.n_layers == lens.n_layers
 
 
@@ -211,3 +209,78 @@ def test_smollm2_attribution_lens_and_induction(smollm2):
     assert int(lens.top_ids[-1, -1, 0]) == paris == int(logits.argmax())
     assert float(lens.target_prob[-1, -1]) > 0.5 > float(lens.target_prob[10, -1])  # formed late
     assert math.isclose(float(lens.kl_to_final[-1].max()), 0.0, abs_tol=1e-5)
+
+
+# --- views ---------------------------------------------------------------------------------------
+def _floats(b):
+    return torch.frombuffer(bytearray(b), dtype=torch.float32)
+
+
+def _ints(b):
+    return torch.frombuffer(bytearray(b), dtype=torch.int32)
+
+
+def test_lens_view_sends_bytes_that_decode_to_the_lens():
+    from nbinspect.views.logit_lens_view import LogitLensView
+
+    model = tiny("llama")
+    view = LogitLensView(make_trace(model, CharTokenizer(), TEXT))
+    assert view.reason == "" and view.payload_bytes() > 0
+    lens = view.lens()
+    L, n, k = lens.top_ids.shape
+    ids = _ints(view.vocab_ids)[_ints(view.top_tokens).long()].reshape(L, n, k)
+    assert torch.equal(ids, lens.top_ids.to(torch.int32))
+    probs = torch.frombuffer(bytearray(view.top_probs), dtype=torch.uint8).reshape(L, n, k).float() / 255
+    assert float((probs - lens.top_probs).abs().max()) <= 1 / 510 + 1e-6
+    assert torch.allclose(_floats(view.kl).reshape(L, n), lens.kl_to_final)
+    # The predicted token is the default target; a click (the browser sets target_token) retargets.
+    assert view.shown_target == int(view.trace.record.logits[0, -1].argmax())
+    before = bytes(view.target_prob)
+    view.target_token = 104
+    assert view.shown_target == 104 and view.target_label == "'h'" and bytes(view.target_prob) != before
+    assert torch.allclose(_floats(view.target_prob).reshape(L, n), view.lens().target_prob)
+    view.target = "e"
+    assert view.shown_target == ord("e")
+    with pytest.raises(ValueError, match=r"2 tokens \['h', 'i'\]"):
+        view.target = "hi"
+    with pytest.raises(Exception, match="metric"):
+        view.metric = "loudness"
+
+
+def test_attribution_view_follows_target_foil_and_selection():
+    from nbinspect.views.logit_attribution_view import LogitAttributionView
+
+    model = randomize_biases(tiny("gpt2"))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    view = LogitAttributionView(trace)
+    heads, mlp = _floats(view.heads).reshape(3, 4), _floats(view.mlp)
+    total = float(heads.double().sum() + mlp.double().sum()) + view.embeddings + view.remainder
+    assert total == pytest.approx(view.logit, abs=1e-4)
+    assert view.logit == pytest.approx(float(trace.record.logits[0, -1].max()), abs=1e-4)
+    view.target, view.foil = "h", "e"
+    logits = trace.record.logits[0, -1]
+    assert view.logit == pytest.approx(float(logits[ord("h")] - logits[ord("e")]), abs=1e-4)
+    assert view.target_label == "'h' − 'e'"
+    view.selection.head = 3  # a click on a head in the browser sets the shared selection
+    view.selection.layer = 2
+    assert (view.head, view.layer) == (3, 2)
+    assert view.head_types == b""  # measured only when the overlay is switched on
+    view.show_head_types = True
+    assert len(view.head_types) == 12 and len(view.head_type_scores) == 4 * 12 * 4
+
+
+def test_block_writes_view_and_encoders():
+    from nbinspect.views.block_writes_view import BlockWritesView
+    from nbinspect.views.logit_attribution_view import LogitAttributionView
+    from nbinspect.views.logit_lens_view import LogitLensView
+
+    trace = make_trace(tiny("gpt_neox"), CharTokenizer(), TEXT)
+    view = BlockWritesView(trace)
+    assert view.parallel is bool(trace.adapter.config.use_parallel_residual)
+    assert torch.allclose(_floats(view.stream_out).reshape(3, -1), rs.block_writes(trace).stream_out)
+    bert = make_trace(tiny("bert"), CharTokenizer(), TEXT)
+    for cls in (LogitLensView, LogitAttributionView):
+        assert "encoder" in cls.applies(bert)
+        v = cls(bert)
+        assert "encoder" in v.reason and v.payload_bytes() >= 0
+    assert BlockWritesView.applies(bert) is None
