@@ -9,6 +9,9 @@ from .monitor import Monitor, TrainerCallback, monitor
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .patching import PatchResult, patch
 from .recompute import Recompute
+from .targets import Target
+from .trace import Trace, trace
+from .steering import Steer, SteerPreview, steer_preview, steering_vector
 from .sweep import SweepResult, head_sweep
 from .views.attention_view import AttentionView, attention
 from .views.dashboard import Dashboard, inspect
@@ -16,8 +19,25 @@ from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
 from .views.selection import Selection
 from .views.perturb_panel import PerturbPanel, PredictionView, sliders
+from .residual_stream import HeadTypes, LogitAttribution, LogitLens, head_types
+from .views.block_writes_view import BlockWritesView, block_writes
+from .views.logit_attribution_view import LogitAttributionView, logit_attribution
+from .views.logit_lens_view import LogitLensView, logit_lens
 
 __all__ = [
+    "BlockWritesView",
+    "HeadTypes",
+    "LogitAttribution",
+    "LogitAttributionView",
+    "LogitLens",
+    "LogitLensView",
+    "block_writes",
+    "head_types",
+    "logit_attribution",
+    "logit_lens",
+    "Trace",
+    "trace",
+    "Target",
     "AttentionView",
     "attention",
     "Selection",
@@ -61,5 +81,9 @@ __all__ = [
     "monitor",
     "SweepResult",
     "head_sweep",
+    "Steer",
+    "SteerPreview",
+    "steer_preview",
+    "steering_vector",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,10 @@ What each request records, per layer (``[batch, position, ...]`` unless said oth
   ``act(gate) * up``, not the activation function's output).
 - ``residual``: the residual stream before and after the block, as :class:`Residual`.
 - ``router``: for mixture-of-experts layers, router probabilities and chosen experts, as :class:`Routing`.
+- ``attention_out``: what the attention's output projection returns (o_proj / c_proj / dense): the sum of
+  every head's write plus the bias. Models with a norm after it (Gemma 2/3) or post-norm blocks (BERT)
+  add a normed version of it to the residual stream.
+- ``mlp_out``: what the MLP's down projection returns (the whole MLP module's output for MoE families).
 - ``gradients``: gradients of the captured activations (heads, neurons, residual), filled in when the
   user calls ``backward()`` inside the block; attention probabilities are recomputed off the graph and
   have none.
@@ -144,6 +148,8 @@ class Record:
     neurons: dict[int, Any] = field(default_factory=dict)
     residual: dict[int, Any] = field(default_factory=dict)
     router: dict[int, Any] = field(default_factory=dict)
+    attention_out: dict[int, Any] = field(default_factory=dict)
+    mlp_out: dict[int, Any] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     gradients: dict[str, dict[int, Any]] = field(default_factory=dict)
     input_ids: torch.Tensor | None = None  # set by run()
@@ -180,7 +186,7 @@ def _first(output) -> torch.Tensor:
 class capture:
     """Context manager recording the requested internals of ``model`` during the calls made inside it.
 
-    Each of ``attention``, ``heads``, ``neurons``, ``residual`` and ``router`` takes ``True`` (every
+    Each of ``attention``, ``heads``, ``neurons``, ``residual``, ``router``, ``attention_out`` and ``mlp_out`` takes ``True`` (every
     layer), a layer index, a list of layers, a ``reduce`` function, or a :class:`Request`.
     ``gradients=True`` also records the gradients of the captured heads, neurons and residual stream;
     a list of kinds limits it to those. ``parts`` names the modules of a model nbinspect does not know.
@@ -195,13 +201,16 @@ class capture:
         neurons=None,
         residual=None,
         router=None,
+        attention_out=None,
+        mlp_out=None,
         gradients=False,
         logits: bool = True,
         parts: ModelParts | None = None,
     ):
         self.adapter = Adapter.of(model, parts)
         self.model = model
-        requested = dict(attention=attention, heads=heads, neurons=neurons, residual=residual, router=router)
+        requested = dict(attention=attention, heads=heads, neurons=neurons, residual=residual, router=router,
+                         attention_out=attention_out, mlp_out=mlp_out)
         self.requests = {kind: self._layers_of(kind, _as_request(value)) for kind, value in requested.items()}
         self.gradient_kinds = self._gradient_kinds(gradients)
         self.logits = logits
@@ -293,6 +302,11 @@ class capture:
                 shape, on_router = self._on_router(i, request)
                 hook(a.part(i, "mlp").register_forward_pre_hook(shape))
                 hook(a.part(i, "router").register_forward_hook(on_router))
+        for kind in ("attention_out", "mlp_out"):
+            if self.requests[kind] is not None:
+                request, layers = self.requests[kind]
+                for i in layers:
+                    hook(self._block_output_module(kind, i).register_forward_hook(self._on_block_output(kind, i, request)))
         if self.logits:
             hook(self.model.register_forward_hook(self._on_output))
 
@@ -366,6 +380,21 @@ class capture:
             record[layer] = record[layer]._replace(after=reduce(layer, hidden.detach()))
 
         return before, after
+
+    def _block_output_module(self, kind: str, layer: int) -> nn.Module:
+        a = self.adapter
+        if kind == "attention_out":
+            return a.part(layer, "attention_output")
+        # The down projection's output is the MLP's write; MoE blocks have none, so their whole MLP.
+        return a.part(layer, "neurons") if a.has_part(layer, "neurons") else a.part(layer, "mlp")
+
+    def _on_block_output(self, kind: str, layer: int, request: Request):
+        store = self._store(kind, layer, request)
+
+        def on_output(module, args, output):
+            store(_first(output).detach())
+
+        return on_output
 
     def _on_router(self, layer: int, request: Request):
         store, tokens = self._store("router", layer, request), {}

@@ -1,7 +1,7 @@
 """AttentionView: every layer × head as thumbnails, plus one focused head as a token × token heatmap.
 
-Python keeps the maps (on the model's device, see :mod:`.attention_maps`) and sends bytes only for
-what is on screen: all thumbnails once, and the focused head's map whenever the focus moves.
+The trace keeps the maps (on the model's device, see :mod:`nbinspect.attention_maps`); the view sends
+bytes only for what is on screen: all thumbnails once, and the focused head's map whenever the focus moves.
 The focus (``layer``, ``head``) and the hovered ``token`` are two-way traits.
 """
 
@@ -11,15 +11,16 @@ import torch
 import traitlets
 
 from .. import codecs
-from ..adapters import Adapter, ModelParts
-from ..inputs import encode, token_strings
+from ..adapters import ModelParts
+from ..trace import Trace
 from ._bundle import bundle
-from .attention_maps import AttentionMaps
-from .selection import LinkedView, Selection
+from .base import View, as_trace
+from .selection import Selection
 
 
-class AttentionView(LinkedView):
+class AttentionView(View):
     _esm = bundle("attention_view")
+    title = "Attention"
 
     n_heads = traitlets.Int(0).tag(sync=True)
     #: Focused head (with ``layer``, the focused map; ``token``: the token under the pointer, -1 none),
@@ -39,42 +40,36 @@ class AttentionView(LinkedView):
     #: True while the model recomputes (e.g. after a perturbation slider moved).
     busy = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(
-        self,
-        maps: AttentionMaps,
-        tokens: list[str],
-        layer: int | None = None,
-        head: int | None = None,
-        selection: Selection | None = None,
-        **kwargs,
-    ):
-        self._maps = maps
-        self._adapter = adapter = maps.adapter
-        selection = (selection or Selection()).bound_to(
-            n_tokens=len(tokens), n_layers=adapter.n_layers, n_heads=adapter.n_heads
-        )
+    def __init__(self, trace: Trace, selection: Selection | None = None, *, layer: int | None = None,
+                 head: int | None = None, **kwargs):
+        super().__init__(trace, selection, n_heads=trace.adapter.n_heads, **kwargs)
+        adapter, selection = trace.adapter, self.selection
         with selection.hold_trait_notifications():
             if layer is not None:
                 selection.layer = adapter.check_layer(layer)
             if head is not None:
                 selection.head = adapter.check_head(head)
-        super().__init__(
-            tokens=codecs.clip_tokens(tokens),
-            n_layers=adapter.n_layers,
-            n_heads=adapter.n_heads,
-            selection=selection,
-            **kwargs,
-        )
         self._link(("layer", "head", "token"))
         # Follow the selection (not our mirrored traits): it holds the new layer and head together.
         selection.observe(self._focus_moved, ["layer", "head"])
         self._send_thumbnails()
         self._send_focus()
 
+    @property
+    def _maps(self):
+        return self.trace.attention_maps
+
+    def show(self, trace: Trace) -> None:
+        """Show another trace of the same text (e.g. after an edit): thumbnails and the focused map."""
+        super().show(trace)
+        self._send_thumbnails()
+        self.focus_of = [-1, -1]
+        self._send_focus()
+
     @traitlets.validate("head")
     def _valid_head(self, proposal):
         try:
-            return self._maps.adapter.check_head(proposal["value"])
+            return self._adapter.check_head(proposal["value"])
         except IndexError as e:
             raise traitlets.TraitError(str(e)) from None
 
@@ -106,18 +101,10 @@ class AttentionView(LinkedView):
     # --- for Python callers -------------------------------------------------------------------
     def weights(self, layer: int | None = None, head: int | None = None) -> torch.Tensor:
         """The focused (or given) head's map as the browser decodes it: float32 [f, f] on the host."""
-        layer = self.layer if layer is None else self._maps.adapter.check_layer(layer)
-        head = self.head if head is None else self._maps.adapter.check_head(head)
+        layer = self.layer if layer is None else self._adapter.check_layer(layer)
+        head = self.head if head is None else self._adapter.check_head(head)
         maps = self._maps.full(layer)
         return codecs.dequantize(maps.full[head].cpu(), maps.full_scales[head].cpu())
-
-    def set_attention(self, attention: dict[int, torch.Tensor]) -> None:
-        """Show new weights for some layers (float32 [batch, heads, q, k] each), e.g. after a recompute."""
-        self._maps.update(attention, focus_layer=self.layer)
-        self._send_thumbnails()
-        if self.layer in attention:
-            self.focus_of = [-1, -1]  # the focused map changed: send it again
-            self._send_focus()
 
     def payload_bytes(self) -> int:
         """Bytes this view has sent to the browser for its current state (binary traits and token text)."""
@@ -127,23 +114,18 @@ class AttentionView(LinkedView):
 
 def attention(
     model,
-    tokenizer,
-    text: str,
+    tokenizer=None,
+    text: str | None = None,
     *,
     layer: int | None = None,
     head: int | None = None,
     selection: Selection | None = None,
     parts: ModelParts | None = None,
 ) -> AttentionView:
-    """Run ``text`` through ``model`` and show its attention patterns.
+    """Show the attention patterns of ``text`` (or of a :class:`~nbinspect.Trace`: ``attention(trace)``).
 
     Works on the model's current attention implementation (sdpa included) and leaves it unchanged.
     Raises ``ValueError`` for empty or over-long text and ``TypeError`` for a model nbinspect cannot
     find its way around. Pass ``selection`` to link this view with others.
     """
-    adapter = Adapter.of(model, parts)
-    inputs = encode(tokenizer, text, adapter)
-    start = layer if layer is not None else (selection.layer if selection is not None else 0)
-    maps = AttentionMaps(adapter, inputs, focus_layer=adapter.check_layer(start))
-    tokens = token_strings(tokenizer, inputs["input_ids"])
-    return AttentionView(maps, tokens, layer=layer, head=head, selection=selection)
+    return AttentionView(as_trace(model, tokenizer, text, parts=parts), selection, layer=layer, head=head)

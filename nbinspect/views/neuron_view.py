@@ -1,10 +1,10 @@
 """NeuronView: one layer's MLP neurons — the strongest ones per token, one neuron over the text, and the
 distribution of all of them.
 
-Python runs the text once and keeps every layer's neuron activations (the input of the down/output
-projection, see :mod:`nbinspect.capture`) on the model's device, float32, within
-``codecs.NEURON_CACHE_MAX_BYTES``. When the shared selection moves to another layer it ranks that layer's
-neurons, bins its histogram and counts its dead neurons there, and sends bytes for that layer only:
+The trace keeps every layer's neuron activations (the input of the down/output projection, see
+:mod:`nbinspect.capture`) on the model's device. When the shared selection moves to another layer the
+view ranks that layer's neurons, bins its histogram and counts its dead neurons there, and sends bytes
+for that layer only:
 
 - the top-k neuron numbers (int32) and their ranking scores (float32);
 - the token × top-k heatmap, signed uint8 with one scale per column (the neuron's largest |a|);
@@ -34,11 +34,10 @@ import traitlets
 
 from .. import codecs
 from ..adapters import Adapter, ModelParts
-from ..capture import Request, capture
-from ..inputs import encode, token_strings
-from ..perturb import model_lock
+from ..trace import Trace
 from ._bundle import bundle
-from .selection import LinkedView, Selection
+from .base import View, as_trace
+from .selection import Selection
 
 RANKINGS = ("max_abs", "variance")
 #: Dead: |a| at most this fraction of the layer's largest |a|, at every token.
@@ -126,49 +125,11 @@ def heatmap_rows(columns: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
     return x.gather(1, pick).squeeze(1), block
 
 
-class NeuronActivations:
-    """Every layer's neuron activations of one text, float32 [tokens, neurons] on each layer's device."""
-
-    def __init__(self, adapter: Adapter, inputs: dict[str, torch.Tensor], layer: int = 0):
-        self.adapter = adapter
-        self.inputs = inputs
-        self.n_tokens = int(inputs["input_ids"].shape[-1])
-        self.layers: dict[int, torch.Tensor] = {}
-        self.keep_all = True
-        self._run(range(adapter.n_layers), layer)
-        self.n_neurons = int(self.layers[layer].shape[-1])
-
-    def _run(self, layers, focus: int) -> None:
-        n_layers = self.adapter.n_layers
-
-        def keep(layer, value):
-            a = value[0].float()  # batch 0 is shown
-            self.keep_all = n_layers * a.numel() * 4 <= codecs.NEURON_CACHE_MAX_BYTES
-            return a if self.keep_all or layer == focus else None
-
-        model = self.adapter.model
-        # The lock: never run while the perturbation worker has weights edited in place.
-        with model_lock(model), torch.no_grad(), capture(model, neurons=Request(layers=list(layers), reduce=keep), logits=False) as rec:
-            model(**self.inputs)
-        self.layers.update({i: a for i, a in rec.neurons.items() if a is not None})
-
-    def layer(self, layer: int) -> torch.Tensor:
-        if layer not in self.layers:
-            if not self.keep_all:  # past the budget, one layer at a time
-                self.layers.clear()
-            self._run([layer], focus=layer)
-        return self.layers[layer]
-
-    def update(self, neurons: dict[int, torch.Tensor]) -> None:
-        """Replace some layers' activations with new ones ([batch, tokens, neurons] each)."""
-        for layer, value in neurons.items():
-            self.layers[self.adapter.check_layer(layer)] = value[0].float()
-
-
-class NeuronView(LinkedView):
+class NeuronView(View):
     """A layer's top-k neurons per token, the displayed neuron over the text, and the layer's histogram."""
 
     _esm = bundle("neuron_view")
+    title = "MLP neurons"
 
     n_neurons = traitlets.Int(0).tag(sync=True)
     #: The shared selection; the browser reads and writes layer, token and neuron there (js/selection.js).
@@ -211,39 +172,58 @@ class NeuronView(LinkedView):
 
     def __init__(
         self,
-        acts: NeuronActivations,
-        tokens: list[str],
+        trace: Trace,
+        selection: Selection | None = None,
+        *,
         layer: int | None = None,
         k: int = codecs.NEURON_TOP_K,
         rank_by: str = "max_abs",
-        selection: Selection | None = None,
         **kwargs,
     ):
-        self._acts = acts
-        self._adapter = adapter = acts.adapter
+        adapter = trace.adapter
         self._bounds = saturation_bounds(adapter)
         self._stats: dict[tuple[int, str, int], LayerStats] = {}
-        selection = (selection or Selection()).bound_to(
-            n_tokens=len(tokens), n_layers=adapter.n_layers, n_neurons=acts.n_neurons
-        )
-        if layer is not None:
-            selection.layer = adapter.check_layer(layer)
         super().__init__(
-            tokens=codecs.clip_tokens(tokens),
-            n_layers=adapter.n_layers,
-            n_neurons=acts.n_neurons,
-            selection=selection,
+            trace,
+            selection,
+            n_neurons=self.bounds(trace).get("n_neurons", 0),
             k=k,
             rank_by=rank_by,
             saturation_note=self._saturation_note(adapter),
             **kwargs,
         )
+        if layer is not None:
+            self.selection.layer = adapter.check_layer(layer)
         self._link(("layer", "neuron", "token"))
         # Follow the selection (not the mirrored traits): it holds a new layer and neuron together.
-        selection.observe(self._layer_moved, ["layer"])
-        selection.observe(self._neuron_moved, ["neuron"])
+        self.selection.observe(self._layer_moved, ["layer"])
+        self.selection.observe(self._neuron_moved, ["neuron"])
         self.observe(self._ranking_changed, ["rank_by", "k"])
         self._send_layer()
+
+    @classmethod
+    def applies(cls, trace: Trace) -> str | None:
+        if not trace.record.neurons:
+            return (
+                f"a {trace.adapter.family!r} model has no single MLP whose input is its neuron activations (its experts "
+                "are fused), so there are no neurons to show; name the module with parts=ModelParts(neurons=...)."
+            )
+        return None
+
+    @classmethod
+    def bounds(cls, trace: Trace) -> dict[str, int]:
+        first = next(iter(trace.record.neurons.values()), None)
+        return {} if first is None else {"n_neurons": int(first.shape[-1])}
+
+    def show(self, trace: Trace) -> None:
+        """Show another trace of the same text (e.g. after an edit)."""
+        super().show(trace)
+        self._stats.clear()
+        self.neuron_of = [-1, -1]
+        self._send_layer(force=True)
+
+    def _layer(self, layer: int) -> torch.Tensor:
+        return self.trace.record.neurons[layer][0].float()  # batch 0; float32 already, so no copy
 
     def _saturation_note(self, adapter: Adapter) -> str:
         if self._bounds is not None:
@@ -256,7 +236,7 @@ class NeuronView(LinkedView):
     # --- validation: a refused value loses nothing ----------------------------------------------
     @traitlets.validate("neuron")
     def _valid_neuron(self, proposal):
-        value, n = proposal["value"], self._acts.n_neurons
+        value, n = proposal["value"], self.n_neurons
         if not -1 <= value < n:
             raise traitlets.TraitError(f"neuron {value} is out of range: this layer has neurons 0..{n - 1} (-1 for none).")
         return value
@@ -286,10 +266,10 @@ class NeuronView(LinkedView):
 
     def stats(self, layer: int | None = None) -> LayerStats:
         """The shown (or given) layer's statistics, as the view shows them (tensors on the model's device)."""
-        layer = self.selection.layer if layer is None else self._acts.adapter.check_layer(layer)
+        layer = self.selection.layer if layer is None else self._adapter.check_layer(layer)
         key = (layer, self.rank_by, self.k)
         if key not in self._stats:
-            self._stats = {key: layer_stats(self._acts.layer(layer), self.k, self.rank_by, self._bounds)}
+            self._stats = {key: layer_stats(self._layer(layer), self.k, self.rank_by, self._bounds)}
         return self._stats[key]
 
     def _send_layer(self, force: bool = False) -> None:
@@ -297,7 +277,7 @@ class NeuronView(LinkedView):
         if not force and self.shown_layer == layer and self.shown_rank_by == self.rank_by:
             return
         s = self.stats(layer)
-        columns = self._acts.layer(layer)[:, s.indices]
+        columns = self._layer(layer)[:, s.indices]
         pooled, block = heatmap_rows(columns, codecs.NEURON_HEATMAP_MAX_ROWS)
         q, scales = codecs.quantize_signed(pooled, dim=0)
         with self.hold_sync():
@@ -327,7 +307,7 @@ class NeuronView(LinkedView):
         layer, neuron = self.selection.layer, self.displayed_neuron()
         if self.neuron_of == [layer, neuron] and self.neuron_values:
             return
-        q, scale = codecs.quantize_signed(self._acts.layer(layer)[:, neuron])
+        q, scale = codecs.quantize_signed(self._layer(layer)[:, neuron])
         with self.hold_sync():
             self.neuron_scale = float(scale)
             self.neuron_values = codecs.to_bytes(q)
@@ -336,22 +316,14 @@ class NeuronView(LinkedView):
     # --- for Python callers ----------------------------------------------------------------------
     def activations(self, layer: int | None = None) -> torch.Tensor:
         """The shown (or given) layer's activations, float32 [tokens, neurons], on the model's device."""
-        layer = self.selection.layer if layer is None else self._acts.adapter.check_layer(layer)
-        return self._acts.layer(layer)
+        layer = self.selection.layer if layer is None else self._adapter.check_layer(layer)
+        return self._layer(layer)
 
     def shown_heatmap(self) -> torch.Tensor:
         """The heatmap as the browser decodes it: float32 [rows, k] on the host."""
         q = torch.frombuffer(bytearray(self.heatmap), dtype=torch.uint8).reshape(self.heatmap_rows, -1)
         scales = torch.frombuffer(bytearray(self.heatmap_scales), dtype=torch.float32)
         return codecs.dequantize_signed(q, scales)
-
-    def set_activations(self, neurons: dict[int, torch.Tensor]) -> None:
-        """Show new activations for some layers ([batch, tokens, neurons] each), e.g. after a recompute."""
-        self._acts.update(neurons)
-        self._stats.clear()
-        if self.selection.layer in neurons:
-            self.neuron_of = [-1, -1]
-            self._send_layer(force=True)
 
     def payload_bytes(self) -> int:
         """Bytes this view has sent to the browser for its current state (binary traits and token text)."""
@@ -361,8 +333,8 @@ class NeuronView(LinkedView):
 
 def neurons(
     model,
-    tokenizer,
-    text: str,
+    tokenizer=None,
+    text: str | None = None,
     *,
     layer: int | None = None,
     k: int = codecs.NEURON_TOP_K,
@@ -370,7 +342,7 @@ def neurons(
     selection: Selection | None = None,
     parts: ModelParts | None = None,
 ) -> NeuronView:
-    """Run ``text`` through ``model`` once and show one layer's MLP neurons.
+    """Show one layer's MLP neurons for ``text`` (or for a :class:`~nbinspect.Trace`: ``neurons(trace)``).
 
     ``rank_by``: "max_abs" or "variance" (switchable later, from Python or the view). Raises
     ``ValueError`` for empty or over-long text, for a mixture-of-experts model (no single MLP to read)
@@ -381,10 +353,7 @@ def neurons(
         raise ValueError(f"rank_by {rank_by!r} is not known: use one of {RANKINGS}.")
     if not isinstance(k, int) or not 1 <= k <= codecs.NEURON_TOP_K_MAX:
         raise ValueError(f"k {k!r} is out of range: show 1..{codecs.NEURON_TOP_K_MAX} neurons.")
-    adapter = Adapter.of(model, parts)
-    start = layer if layer is not None else (selection.layer if selection is not None else 0)
-    start = adapter.check_layer(start)
-    inputs = encode(tokenizer, text, adapter)
-    acts = NeuronActivations(adapter, inputs, layer=start)
-    tokens = token_strings(tokenizer, inputs["input_ids"])
-    return NeuronView(acts, tokens, layer=layer, k=k, rank_by=rank_by, selection=selection)
+    t = as_trace(model, tokenizer, text, parts=parts)
+    if layer is not None:
+        t.adapter.check_layer(layer)
+    return NeuronView(t, selection, layer=layer, k=k, rank_by=rank_by)

@@ -1,0 +1,85 @@
+"""Attention maps of one Trace, reduced and quantized on the model's device, ready to encode on demand.
+
+For every layer we keep the thumbnails of all heads (block-max pooled to ``THUMBNAIL_CELLS``) and, while
+the budget ``PATTERN_CACHE_MAX_BYTES`` allows, every head's full map as uint8. Past the budget only one
+layer's full maps are kept at a time; another layer's come from :meth:`~nbinspect.Trace.replay`, which
+reruns that one block. Nothing crosses to the host until a view asks for bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import codecs
+from .capture import Request
+
+if TYPE_CHECKING:
+    from .trace import Trace
+
+
+@dataclass
+class LayerMaps:
+    thumbnails: torch.Tensor  # uint8 [heads, c, c]
+    thumbnail_scales: torch.Tensor  # float32 [heads]
+    thumbnail_block: int
+    full: torch.Tensor | None  # uint8 [heads, f, f], f = min(n, FOCUS_MAX_CELLS)
+    full_scales: torch.Tensor | None  # float32 [heads]
+    full_block: int
+
+
+def reduce_layer(weights: torch.Tensor, keep_full: bool, layer: int = -1) -> LayerMaps:
+    """Reduce one layer's float32 weights [batch, heads, q, k] (batch 0 is shown)."""
+    w = weights[0]
+    thumb, t_block = codecs.pool_max(w, codecs.THUMBNAIL_CELLS)
+    tq, ts = codecs.quantize(thumb)
+    codecs.check_finite(ts, f"the attention of layer {layer}")  # a head's max is NaN if any weight is
+    fq = fs = None
+    f_block = 1
+    if keep_full:
+        full, f_block = codecs.pool_max(w, codecs.FOCUS_MAX_CELLS)
+        fq, fs = codecs.quantize(full)
+    return LayerMaps(tq, ts, t_block, fq, fs, f_block)
+
+
+class AttentionMaps:
+    """All layers' maps for one trace; ``reduce`` is what the trace's capture calls for each layer."""
+
+    def __init__(self, trace: Trace, layers: dict[int, LayerMaps] | None = None):
+        self.trace = trace
+        adapter = trace.adapter
+        self.n_tokens = trace.n_tokens
+        side = min(self.n_tokens, codecs.FOCUS_MAX_CELLS)
+        self.keep_all = adapter.n_layers * adapter.n_heads * side * side <= codecs.PATTERN_CACHE_MAX_BYTES
+        self.focus_layer = 0
+        self.layers: dict[int, LayerMaps] = dict(layers or {})
+
+    def reduce(self, layer: int, weights: torch.Tensor) -> LayerMaps:
+        return reduce_layer(weights, self.keep_all or layer == self.focus_layer, layer)
+
+    def inherit(self, start: int, trace: Trace) -> AttentionMaps:
+        """The maps of a trace edited from layer ``start`` on: layers before it are shared."""
+        maps = AttentionMaps(trace, {i: m for i, m in self.layers.items() if i < start})
+        maps.focus_layer = self.focus_layer
+        return maps
+
+    def full(self, layer: int) -> LayerMaps:
+        """The layer's maps with the full-resolution ones present (replaying the block if needed)."""
+        maps = self.layers[layer]
+        if maps.full is None:
+            if not self.keep_all:  # one layer's full maps at a time past the budget
+                for other in self.layers.values():
+                    other.full = other.full_scales = None
+            self.focus_layer = layer
+            request = Request(layers=[layer], reduce=lambda i, w: reduce_layer(w, True, i))
+            self.layers[layer] = maps = self.trace.replay([layer], requests={"attention": request}).attention[layer]
+        return maps
+
+    def thumbnails(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """uint8 [layers, heads, c, c], float32 scales [layers, heads], tokens per cell."""
+        order = range(self.trace.adapter.n_layers)
+        thumbs = torch.stack([self.layers[i].thumbnails.to("cpu") for i in order])
+        scales = torch.stack([self.layers[i].thumbnail_scales.to("cpu") for i in order])
+        return thumbs, scales, self.layers[0].thumbnail_block
