@@ -133,7 +133,13 @@ class Manager {
   }
   async load() {
     const data = this.doc.data ? await gunzip(this.doc.data) : new Uint8Array(0);
+    // A composite may read a child's code from its state (`model.get("_esm")`), as in a notebook.
+    const code = {};
+    for (const [hash, b64] of Object.entries(this.doc.code)) code[hash] = new TextDecoder().decode(await gunzip(b64));
+    this.code = code;
     for (const [id, spec] of Object.entries(this.doc.models)) {
+      if (spec.esm) spec.state._esm = code[spec.esm];
+      if (spec.css) spec.state._css = spec.css;
       for (const [path, offset, length] of spec.buffers) {
         setPath(spec.state, path, new DataView(data.buffer, data.byteOffset + offset, length));
       }
@@ -153,13 +159,13 @@ class Manager {
     if (!this.modules.has(hash)) {
       this.modules.set(
         hash,
-        gunzip(this.doc.code[hash]).then(async (bytes) => {
-          const url = URL.createObjectURL(new Blob([bytes], { type: "text/javascript" }));
+        (async () => {
+          const url = URL.createObjectURL(new Blob([this.code[hash]], { type: "text/javascript" }));
           const mod = await import(url);
           let def = mod.default ?? mod;
           if (typeof def === "function") def = await def();
           return def;
-        }),
+        })(),
       );
     }
     return this.modules.get(hash);
