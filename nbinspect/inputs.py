@@ -15,7 +15,17 @@ def encode(tokenizer, text: str, adapter: Adapter, device: torch.device | None =
         raise TypeError(f"expected the text as a str, got {type(text).__name__}.")
     if not text.strip():
         raise ValueError("the text is empty: give at least one word to run through the model.")
+    if not callable(tokenizer):
+        raise TypeError(
+            f"expected the model's tokenizer (e.g. from nbinspect.load or transformers.AutoTokenizer), got "
+            f"{type(tokenizer).__name__}: the tokenizer turns the text into token ids."
+        )
     inputs = tokenizer(text, return_tensors="pt")
+    if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), torch.Tensor):
+        raise TypeError(
+            f"the tokenizer returned {type(inputs).__name__}, not a dict with an 'input_ids' tensor; "
+            "pass a Hugging Face tokenizer (called as tokenizer(text, return_tensors='pt'))."
+        )
     n = inputs["input_ids"].shape[1]
     limit = adapter.max_positions
     if limit is not None and n > limit:

@@ -37,6 +37,7 @@ from torch import nn
 from . import codecs
 from .adapters import Adapter, ModelParts
 from .capture import Request, capture
+from .inputs import check_inputs
 from .perturb import Edit, changed_from, model_lock, perturb
 
 
@@ -136,7 +137,7 @@ class Recompute:
     def __init__(self, model: nn.Module, inputs: dict, *, attention=None, neurons=None, parts: ModelParts | None = None):
         self.adapter = Adapter.of(model, parts)
         self.model = model
-        self.inputs = dict(inputs)
+        self.inputs = check_inputs(self.adapter, inputs)  # bad ids get a clear error before the baseline forward
         self.attention_layers = _as_layers(self.adapter, attention)
         self.attention: dict[int, torch.Tensor] = {}
         self.neuron_layers = _as_layers(self.adapter, neurons)
@@ -171,6 +172,8 @@ class Recompute:
 
         ``from_layer`` forces an earlier start (e.g. 0 or -1 to time a full rerun).
         """
+        if from_layer is not None and (isinstance(from_layer, bool) or not isinstance(from_layer, int)):
+            raise TypeError(f"from_layer must be a layer index (an int; -1 for the embeddings), got {from_layer!r}.")
         with self._lock:
             start = changed_from(self.adapter, self._edits, edits)
             if start is None:
