@@ -13,7 +13,11 @@ from .targets import Target
 from .trace import Trace, trace
 from .steering import Steer, SteerPreview, steer_preview, steering_vector
 from .sweep import SweepResult, head_sweep
+from .views.activation_view import ActivationView, activations
+from .views.attention_mechanics_view import AttentionMechanicsView, attention_mechanics
 from .views.attention_view import AttentionView, attention
+from .views.compare_view import CompareView, compare
+from .views.parameters_view import ParametersView, parameters
 from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
@@ -25,6 +29,14 @@ from .views.logit_attribution_view import LogitAttributionView, logit_attributio
 from .views.logit_lens_view import LogitLensView, logit_lens
 
 __all__ = [
+    "ActivationView",
+    "activations",
+    "AttentionMechanicsView",
+    "attention_mechanics",
+    "CompareView",
+    "compare",
+    "ParametersView",
+    "parameters",
     "BlockWritesView",
     "HeadTypes",
     "LogitAttribution",
