@@ -36,6 +36,8 @@ const CSS = `
 
 const num = (v) => (!Number.isFinite(v) ? String(v) : Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.01) ? v.toExponential(2) : v.toFixed(3));
 
+const tickLabel = (v) => (v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(0) : String(Number(v.toPrecision(3))));
+
 /** Depth colour of layer i of n (dark blue → yellow, viridis end stops), so order reads at a glance. */
 function layerColour(i, n) {
   const stops = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
@@ -131,7 +133,7 @@ function drawChart(canvas, { title, steps, lines, log, guides = [], cursor = -1,
     ctx.moveTo(PAD.l, y);
     ctx.lineTo(PAD.l + W, y);
     ctx.stroke();
-    ctx.fillText(log ? `1e${Math.round(Math.log10(t))}` : num(t), PAD.l - 4, y);
+    ctx.fillText(log ? `1e${Math.round(Math.log10(t))}` : tickLabel(t), PAD.l - 4, y);
   }
   ctx.textBaseline = "top";
   ctx.textAlign = "left";
