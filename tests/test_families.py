@@ -9,8 +9,9 @@ import inspect
 
 import pytest
 import torch
-from tiny_models import ALL_FAMILIES, ENCODERS, MOE_FAMILIES, tiny
+from tiny_models import ALL_FAMILIES, ENCODERS, MOE_FAMILIES, CharTokenizer, tiny
 
+import nbinspect
 from nbinspect import capture
 from nbinspect.adapters import FAMILIES, Adapter, find_parts
 from nbinspect.perturb import AddNoise, ScaleHead, ScaleLayer, ScaleNeuron, perturb
@@ -47,6 +48,15 @@ def _linear_in(module) -> int:
 
 def _final(out):
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: threads only add overhead, and on a shared 2-core machine they wait on each other.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=ALL_FAMILIES)
@@ -179,5 +189,39 @@ def test_edits_restore_exactly_and_recompute_from_the_middle(family, model):
     edited = full(*edits)
     assert (edited - full()).abs().max() > 1e-4  # the edits do change the output
     torch.testing.assert_close(output(result), edited, rtol=0, atol=TOL)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def _edits(adapter, layer):
+    edits = [ScaleHead(layer, 1, 0.0), AddNoise((layer, "attention"), 0.2, seed=3)]
+    if adapter.parts.neurons is not None:
+        edits += [ScaleNeuron(layer, 5, 3.0), ScaleLayer(layer, "mlp", 0.5)]
+    return edits
+
+
+def test_trace_and_its_edits_match_full_forwards(family, model):
+    adapter = Adapter.of(model)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    t = nbinspect.trace(model, CharTokenizer(), "Tiny models, many families.")
+    kwargs = {**_kwargs(model), **{k: v for k, v in t.inputs.items()}}
+    with torch.no_grad():
+        plain = _final(model(**kwargs))
+    if adapter.unembedding() is not None:
+        torch.testing.assert_close(t.logits, plain[0], rtol=0, atol=TOL)  # [n, vocab]
+    assert sorted(t.record.residual) == list(range(adapter.n_layers))
+    assert t.gradient_norms is not None and t.embedding_grad.shape == t.embeddings.shape
+    assert bool(torch.isfinite(t.attribution("grad_x_input")).all())
+    edits = _edits(adapter, adapter.n_layers // 2)
+    edited = t.edit(*edits)
+    with torch.no_grad(), perturb(model, *edits):
+        expected = _final(model(**kwargs))
+    assert (expected - plain).abs().max() > 1e-4
+    if adapter.unembedding() is not None:
+        torch.testing.assert_close(edited.logits, expected[0], rtol=0, atol=TOL)
+    else:
+        norm = adapter.final_norm()
+        last = edited.record.residual[adapter.n_layers - 1].after
+        torch.testing.assert_close(norm(last) if norm is not None else last, expected, rtol=0, atol=TOL)
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name]), name
