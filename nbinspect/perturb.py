@@ -82,6 +82,11 @@ class Edit:
     def layers(self, adapter: Adapter) -> set[int]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def hooks(self, adapter: Adapter) -> list[tuple[nn.Module, str, Callable]]:
+        """Activation interventions (e.g. :class:`nbinspect.Steer`): ``(module, "forward" | "forward_pre", fn)``
+        registered while the edit is applied and removed on restore. Weight edits have none."""
+        return []
+
     @property
     def neutral(self) -> bool:
         """True when the edit changes nothing (factor 1, σ 0): sliders at rest."""
@@ -504,6 +509,7 @@ class perturb:
         self.edits: tuple[Edit, ...] = ()
         self.tied: list[str] = []
         self._undo: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []
+        self._handles: list = []  # hooks of activation edits (Edit.hooks), removed on restore
 
     @staticmethod
     def _checked(edits) -> tuple[Edit, ...]:
@@ -516,7 +522,7 @@ class perturb:
 
     @property
     def active(self) -> bool:
-        return bool(self._undo) or bool(self.edits)
+        return bool(self._undo) or bool(self.edits) or bool(self._handles)
 
     def start(self) -> perturb:
         """Apply the edits given at construction (or by the last ``set``)."""
@@ -559,10 +565,11 @@ class perturb:
     # so an exception (or KeyboardInterrupt) at any point leaves an undo log that restores exactly. While
     # weights change, Ctrl-C is held back (see _interrupts_held) and raised once they are consistent again.
     def _apply(self, edits: tuple[Edit, ...]) -> None:
-        if self._undo:
+        if self._undo or self._handles:
             self._restore()
         # Resolve every edit before touching any weight, so a bad edit changes nothing.
         resolved = [(e, e.changes(self.adapter)) for e in edits]
+        hooks = [h for e in edits for h in e.hooks(self.adapter)]
         for e, changes in resolved:
             for c in changes:
                 _check_editable(e, c.names[0] if c.names else _param_name(self.adapter, c.param), c.param)
@@ -577,6 +584,9 @@ class perturb:
                     shared = sorted({n for c in changes if len(c.names) > 1 for n in c.names[1:]})
                     if shared:
                         tied.append(f"{e!r} also changes {', '.join(shared)}: tied weights, one tensor under several names.")
+                for module, kind, fn in hooks:
+                    register = module.register_forward_hook if kind == "forward" else module.register_forward_pre_hook
+                    self._handles.append(register(fn))
         except BaseException:
             self._restore()
             raise
@@ -590,6 +600,8 @@ class perturb:
         inside a copy) does not stop it part way: the restore finishes, then the interrupt is raised."""
         interrupted: KeyboardInterrupt | None = None
         with _interrupts_held(), torch.no_grad():
+            while self._handles:
+                self._handles.pop().remove()
             retries = 0
             while self._undo:
                 param, index, saved = self._undo[-1]
