@@ -1,6 +1,7 @@
-// GradientView's token strip: the input tokens coloured by attribution, a method switch and the
-// vanishing/exploding flags. The per-layer chart beside it is altair's own JupyterChart.
+// GradientView: altair's per-layer chart (a child widget, drawn with its own ESM) above the token
+// strip: the input tokens coloured by attribution, a method switch and the vanishing/exploding flags.
 // Pairs with nbinspect/views/gradient_view.py. Canvas only; token text via fillText/textContent.
+import { renderChild } from "./children.js";
 import { float32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
@@ -11,11 +12,7 @@ const ROW = 22;
 const PAD = 4;
 const MAX_TOKEN_PX = 120;
 const FONT = "12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
-const METHODS = {
-  grad_norm: "gradient norm",
-  grad_x_input: "gradient × input",
-  integrated_gradients: "integrated gradients",
-};
+let METHODS = {}; // value -> label, from the model's `methods` trait
 
 const CSS = `
 .nbi-grad { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; position: relative; margin-top: 6px; }
@@ -42,6 +39,9 @@ function colour(v, scale, signed) {
 
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
+  METHODS = model.get("methods") || {};
+  const chartBox = el("div", "nbi-grad-chart", host);
+  const chartCleanup = model.get("chart") ? await renderChild(model, model.get("chart"), chartBox) : () => {};
   const root = el("div", "nbi-grad", host);
   el("style", null, root).textContent = CSS;
   const bar = el("div", "nbi-bar", root);
@@ -161,6 +161,7 @@ async function render({ model, el: host }) {
     if (frame) cancelAnimationFrame(frame);
     for (const k of keys) model.off(`change:${k}`, schedule);
     sel.off(schedule);
+    chartCleanup();
   };
 }
 

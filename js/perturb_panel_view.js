@@ -1,5 +1,8 @@
-// PredictionView: next-token predictions before and after a perturbation, for a few positions.
-// Pairs with nbinspect/views/perturb_panel.py. Text only: every string goes in through textContent.
+// PerturbPanel: sliders that edit the model, and next-token predictions before and after, for a few
+// positions; the linked views it was given are drawn underneath. Pairs with
+// nbinspect/views/perturb_panel.py. The controls are ours (plain inputs), not ipywidgets, so every host
+// that renders anywidget models renders the panel. Text only: every string goes in through textContent.
+import { renderChild } from "./children.js";
 import { el } from "./dom.js";
 
 const CSS = `
@@ -19,7 +22,71 @@ const CSS = `
 .nbi-pred .after .bar { background: #d8866a; }
 .nbi-pred .nbi-stats { margin-top: 3px; color: #444; }
 .nbi-pred .changed { color: #b00; font-weight: 600; }
+.nbi-pred .nbi-controls { display: grid; grid-template-columns: repeat(3, max-content); gap: 4px 18px; margin-bottom: 8px; }
+.nbi-pred .nbi-control { display: flex; gap: 6px; align-items: center; white-space: nowrap; }
+.nbi-pred .nbi-control input[type=range] { width: 130px; }
+.nbi-pred .nbi-control input[type=number] { width: 70px; }
+.nbi-pred .nbi-control output { min-width: 34px; font-variant-numeric: tabular-nums; color: #444; }
+.nbi-pred .nbi-control.off { opacity: 0.45; }
+.nbi-pred .nbi-views > * { margin-top: 12px; }
 `;
+
+// One row per edit: [label, trait, kind, min, max(model), step]. Ranges come from the model's traits.
+const CONTROLS = [
+  ["head: layer", "head_layer", "range", 0, (m) => m.get("n_layers") - 1, 1],
+  ["head", "head", "range", 0, (m) => m.get("n_heads") - 1, 1],
+  ["× scale", "head_factor", "range", 0, () => 2, 0.05],
+  ["neuron: layer", "neuron_layer", "range", 0, (m) => m.get("n_layers") - 1, 1],
+  ["neuron", "neuron", "number", 0, (m) => Math.max(0, m.get("n_neurons") - 1), 1],
+  ["× scale", "neuron_factor", "range", 0, () => 2, 0.05],
+  ["noise: layer", "noise_layer", "range", 0, (m) => m.get("n_layers") - 1, 1],
+  ["σ (× weight RMS)", "noise_sigma", "range", 0, () => 1, 0.01],
+  ["seed", "noise_seed", "number", 0, () => 2 ** 31 - 1, 1],
+  ["also show position", "position", "range", 0, (m) => m.get("tokens").length - 1, 1],
+];
+const NEURON_CONTROLS = new Set(["neuron_layer", "neuron", "neuron_factor"]);
+
+function controls(model, parent) {
+  const grid = el("div", "nbi-controls", parent);
+  const inputs = {};
+  for (const [label, name, kind, min, max, step] of CONTROLS) {
+    const box = el("label", "nbi-control", grid);
+    el("span", null, box, label);
+    const input = el("input", null, box);
+    input.type = kind;
+    input.min = String(min);
+    input.max = String(max(model));
+    input.step = String(step);
+    input.name = name;
+    const shown = el("output", null, box);
+    const off = NEURON_CONTROLS.has(name) && !model.get("n_neurons");
+    if (off) {
+      box.classList.add("off");
+      input.disabled = true;
+      box.title = "this model has no single MLP down projection: neuron sliders are off";
+    }
+    const sync = () => {
+      input.value = String(model.get(name));
+      shown.textContent = kind === "range" ? input.value : "";
+    };
+    input.addEventListener("input", () => {
+      const value = Number(input.value);
+      if (!Number.isFinite(value) || value < min || value > max(model)) return; // refused: nothing lost
+      shown.textContent = kind === "range" ? input.value : "";
+      model.set(name, value);
+      model.save_changes();
+    });
+    model.on(`change:${name}`, sync);
+    sync();
+    inputs[name] = { input, sync };
+  }
+  const reset = el("button", "nbi-reset", grid, "reset");
+  reset.title = "Give back the original model";
+  reset.addEventListener("click", () => model.send({ event: "reset" }));
+  return () => {
+    for (const [name, { sync }] of Object.entries(inputs)) model.off(`change:${name}`, sync);
+  };
+}
 
 const BAR_PX = 60;
 
@@ -65,9 +132,10 @@ function positionTable(parent, pos) {
   }
 }
 
-function render({ model, el: host }) {
+async function render({ model, el: host }) {
   const root = el("div", "nbi-pred", host);
   el("style", null, root).textContent = CSS;
+  const stopControls = controls(model, root);
   const top = el("div", "nbi-top", root);
   const edits = el("span", "nbi-edits", top);
   const busy = el("span", "nbi-busy", top, "recomputing…");
@@ -103,9 +171,14 @@ function render({ model, el: host }) {
   model.on("change:busy", paintBusy);
   paint();
   paintBusy();
+  const views = el("div", "nbi-views", root);
+  const cleanups = [];
+  for (const ref of model.get("views") || []) cleanups.push(await renderChild(model, ref, el("div", null, views)));
   return () => {
+    stopControls();
     model.off("change:summary", paint);
     model.off("change:busy", paintBusy);
+    for (const c of cleanups) c();
   };
 }
 

@@ -22,7 +22,7 @@ from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
 from .views.selection import Selection
-from .views.perturb_panel import PerturbPanel, PredictionView, sliders
+from .views.perturb_panel import PerturbPanel, sliders
 from .residual_stream import HeadTypes, LogitAttribution, LogitLens, head_types
 from .views.block_writes_view import BlockWritesView, block_writes
 from .views.logit_attribution_view import LogitAttributionView, logit_attribution
@@ -79,7 +79,6 @@ __all__ = [
     "Edit",
     "EditError",
     "PerturbPanel",
-    "PredictionView",
     "Recompute",
     "ScaleHead",
     "ScaleLayer",

@@ -33,6 +33,7 @@ Requirements this module is built around:
 from __future__ import annotations
 
 import inspect as _inspect
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -106,7 +107,7 @@ class Trace:
         self.target = target
         self.gradients = gradients
         self.edits: tuple[Edit, ...] = ()
-        self.parent: Trace | None = None
+        self._parent: weakref.ref | None = None
         self.record = Record()
         self.attention_maps: AttentionMaps | None = None
         self.target_value: torch.Tensor | None = None
@@ -120,6 +121,16 @@ class Trace:
         self._versions: list[tuple[int, ...]] = []  # weight versions each layer's graph was recorded with
         self._embedding_hook: _EmbeddingGradient | None = None
         self._tuple_blocks = False
+
+    @property
+    def parent(self) -> Trace | None:
+        """The trace this one was edited from, while someone still holds it (a weak reference, so a
+        slider's run of traces does not keep every earlier one alive)."""
+        return None if self._parent is None else self._parent()
+
+    @parent.setter
+    def parent(self, value: Trace | None) -> None:
+        self._parent = None if value is None else weakref.ref(value)
 
     # --- what views read ------------------------------------------------------------------------
     @property
@@ -157,9 +168,6 @@ class Trace:
 
     def _attribution(self, method: str) -> torch.Tensor:
         if method == "integrated_gradients":
-            if self.target.kind == "loss":
-                raise ValueError("integrated gradients explain one logit, not the loss; make the trace with a token "
-                                 "target (target=None explains the predicted token).")
             scores = _integrated_gradients(self, IG_STEPS)
         else:
             if self.embedding_grad is None:
@@ -340,8 +348,9 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
     n = adapter.n_layers
     if parent is not None and t.gradients and start >= 0:
         start = _graph_valid_until(parent, start)
-    if parent is None or start < 0:
+    if parent is None or start <= 0:  # from layer 0 on, the embeddings' own output feeds the run: a full one
         start, parent = -1, None
+    t.from_layer = start
     layers = list(range(max(start, 0), n))
     if parent is not None:
         _inherit(t, parent, start)
@@ -519,7 +528,7 @@ def _integrated_gradients(t: Trace, steps: int) -> torch.Tensor:
     with torch.no_grad():
         x = emb(t.input_ids) if t.embeddings is None else t.embeddings
     base = torch.zeros_like(x)
-    rest = {k: v for k, v in _forward_kwargs(model, t.inputs, labels=t.target.kind == "loss").items() if k != "input_ids"}
+    rest = {k: v for k, v in _forward_kwargs(model, t.inputs).items() if k != "input_ids"}
     total = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
     batch = 1 if t.target.kind == "function" else IG_BATCH
     with ExitStack() as stack:
@@ -533,19 +542,22 @@ def _integrated_gradients(t: Trace, steps: int) -> torch.Tensor:
             kw = {k: (v.expand(len(ks), *v.shape[1:]) if isinstance(v, torch.Tensor) else v) for k, v in rest.items()}
             with torch.enable_grad():
                 out = model(inputs_embeds=path, **kw)
-                values = _batched_value(t.target, out, len(ks))
+                values = _batched_value(t.target, out, t.input_ids)
                 (grad,) = torch.autograd.grad(values.sum(), path)
             total += grad.float().sum(dim=0)
     return ((x[0] - base[0]).float() * total / steps).sum(dim=-1)
 
 
-def _batched_value(target: Target, output, rows: int) -> torch.Tensor:
-    """The target's value for every batch row (rows are independent inputs)."""
+def _batched_value(target: Target, output, input_ids: torch.Tensor) -> torch.Tensor:
+    """The target's value for every batch row (rows are independent inputs of the same tokens)."""
     if target.kind == "function":
         return target.value(output).reshape(1)
     if target.kind == "state_norm":
         return output.last_hidden_state[:, target.position].norm(dim=-1)
     logits = output.logits
+    if target.kind == "loss":  # the mean next-token cross-entropy of each row, as the model's loss is
+        labels = input_ids[0, 1:].to(logits.device).expand(logits.shape[0], -1)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, reduction="none").mean(-1)
     at = logits[:, target.position]
     if target.kind == "contrast":
         return at[:, target.token] - at[:, target.foil]

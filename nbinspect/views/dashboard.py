@@ -1,51 +1,104 @@
-"""Dashboard: attention, neurons, gradients and the perturbation sliders for one text, linked.
+"""Dashboard: every registered view of one trace, and the perturbation sliders, linked.
 
+The dashboard is a layout over :data:`nbinspect.views.registry.VIEWS`: it makes one
+:class:`~nbinspect.Trace` (one forward, one backward), builds each view that applies to it, and draws them
+with its own ESM by widget reference, so it is one anywidget model that every anywidget host renders.
 All views share one :class:`Selection`: a click or hover in any of them refocuses the others in the
-browser at once, and Python reads or sets ``dashboard.selection``. The sliders follow the selection
-too, so the head or neuron picked in a view is the one the sliders scale.
+browser at once, and Python reads or sets ``dashboard.selection``. The sliders follow the selection, so
+the head or neuron picked in a view is the one the sliders scale, and every slider edit moves every view
+to the edited trace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import anywidget
 import ipywidgets
+import traitlets
 
 from .. import codecs
-from ..adapters import Adapter, ModelParts
-from ..inputs import encode
-from .attention_view import attention
-from .gradient_view import gradient_flow
-from .perturb_panel import sliders
+from ..adapters import ModelParts
+from ..trace import Trace
+from ._bundle import bundle
+from .base import View, as_trace
+from .perturb_panel import PerturbPanel
+from .registry import VIEWS
 from .selection import Selection
 
 
-class Dashboard(ipywidgets.VBox):
-    """The linked views of one model and text. Attributes: ``selection``, ``attention``,
-    ``neurons`` (``None`` for models without a single MLP down projection), ``gradients``,
-    ``perturb`` (``None`` when built with ``perturb=False``)."""
+class Dashboard(anywidget.AnyWidget):
+    """The linked views of one trace. ``dashboard.views`` maps each registered name to its view (also
+    reachable as ``dashboard.<name>``, e.g. ``dashboard.attention``); ``skipped`` maps the names of views
+    that do not apply to the reason; ``perturb`` is the sliders panel (``None`` with ``perturb=False``)."""
 
-    def __init__(self, model, tokenizer, text: str, *, perturb: bool = True, parts: ModelParts | None = None):
-        adapter = Adapter.of(model, parts)
-        encode(tokenizer, text, adapter)  # refuse bad text before building anything
-        self.selection = Selection()
-        common = dict(selection=self.selection, parts=parts)
-        self.attention = attention(model, tokenizer, text, **common)
-        self.neurons = None
-        if adapter.parts.neurons is not None:
-            from .neuron_view import neurons
+    _esm = bundle("dashboard_view")
 
-            self.neurons = neurons(model, tokenizer, text, **common)
-        self.gradients = gradient_flow(model, tokenizer, text, **common)
-        self.perturb = None
-        children = [self._heading("Attention"), self.attention]
-        if self.neurons is not None:
-            children += [self._heading("MLP neurons"), self.neurons]
-        children += [self._heading("Gradients"), self.gradients]
-        if perturb:
-            shown = [v for v in (self.attention, self.neurons) if v is not None]
-            self.perturb = sliders(model, tokenizer, text, views=shown, show_views=False, parts=parts)
+    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
+    #: The views drawn, in registry order, by reference (each stays its own widget model).
+    shown = traitlets.List(traitlets.Instance(ipywidgets.Widget)).tag(sync=True, **ipywidgets.widget_serialization)
+    titles = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    #: [title, why it does not apply] of registered views left out for this model.
+    notes = traitlets.List(traitlets.List(traitlets.Unicode())).tag(sync=True)
+    panel = traitlets.Instance(PerturbPanel, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
+    painted = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, trace: Trace, *, perturb: bool = True, views: Iterable[str] | None = None,
+                 selection: Selection | None = None, threaded: bool = True):
+        names = list(VIEWS) if views is None else list(views)
+        unknown = [n for n in names if n not in VIEWS]
+        if unknown:
+            raise ValueError(f"unknown view {unknown[0]!r}; registered views: {', '.join(VIEWS)}.")
+        selection = selection or Selection()
+        self.views: dict[str, View] = {}
+        self.skipped: dict[str, str] = {}
+        for name in names:
+            cls = VIEWS[name]
+            reason = cls.applies(trace)
+            if reason is None:
+                self.views[name] = cls(trace, selection)
+            else:
+                self.skipped[name] = reason
+        self.perturb = PerturbPanel(trace, list(self.views.values()), show_views=False, threaded=threaded) if perturb else None
+        super().__init__(
+            selection=selection,
+            shown=list(self.views.values()),
+            titles=[VIEWS[n].title or n for n in self.views],
+            notes=[[VIEWS[n].title or n, why] for n, why in self.skipped.items()],
+            panel=self.perturb,
+        )
+        if self.perturb is not None:
             self._follow_selection()
-            children += [self._heading("Perturb and recompute"), self.perturb]
-        super().__init__(children=children)
+
+    def __getattr__(self, name):
+        views = self.__dict__.get("views")
+        if views is not None and name in VIEWS:
+            return views.get(name)  # None when that view does not apply to this model
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def trace(self) -> Trace:
+        """The trace the views show now (the edited one while sliders are off rest)."""
+        return self.perturb.latest if self.perturb is not None else next(iter(self.views.values())).trace
+
+    @property
+    def target(self):
+        return self.trace.target
+
+    @target.setter
+    def target(self, value) -> None:
+        self.retarget(value)
+
+    def retarget(self, target=None, foil=None, position: int | None = None) -> Trace:
+        """Point every attribution at another target (a token's text or id, or ``target`` − ``foil``).
+
+        Reuses the forward; runs one backward. Returns the new trace."""
+        new = self.trace.retarget(target, foil, position)
+        if self.perturb is not None:
+            self.perturb.latest = new
+        for view in self.views.values():
+            view.show(new)
+        return new
 
     def widgets(self) -> list[ipywidgets.Widget]:
         """Every widget model the dashboard puts in the browser (views, chart, sliders, selection)."""
@@ -68,27 +121,32 @@ class Dashboard(ipywidgets.VBox):
         sizes = [codecs.sent_bytes(w) for w in self.widgets()]
         return sum(d for d, _ in sizes), sum(c for _, c in sizes)
 
-    @staticmethod
-    def _heading(text: str) -> ipywidgets.Label:
-        # Label, not HTML: nothing user-provided is ever parsed as markup.
-        return ipywidgets.Label(text, style={"font_weight": "bold", "font_size": "14px"})
-
     def _follow_selection(self) -> None:
         """The head and neuron picked in a view become the ones the sliders act on."""
         panel, sel = self.perturb, self.selection
 
         def moved(change=None):
             with panel.hold_trait_notifications():
-                panel.head_layer.value = sel.layer
-                panel.head.value = sel.head
-                if sel.neuron >= 0 and not panel.neuron.disabled:
-                    panel.neuron_layer.value = sel.layer
-                    panel.neuron.value = sel.neuron
+                panel.head_layer = sel.layer
+                panel.head = sel.head
+                if sel.neuron >= 0 and panel.n_neurons:
+                    panel.neuron_layer = sel.layer
+                    panel.neuron = sel.neuron
 
         sel.observe(moved, ["layer", "head", "neuron"])
         moved()
 
 
-def inspect(model, tokenizer, text: str, *, perturb: bool = True, parts: ModelParts | None = None) -> Dashboard:
-    """Attention, neurons, gradients and perturbation sliders for ``text``, linked by one Selection."""
-    return Dashboard(model, tokenizer, text, perturb=perturb, parts=parts)
+def inspect(model, tokenizer=None, text: str | None = None, *, perturb: bool = True, views: Iterable[str] | None = None,
+            target=None, foil=None, position: int = -1, parts: ModelParts | None = None) -> Dashboard:
+    """Every registered view of ``text`` (or of a :class:`~nbinspect.Trace`) and perturbation sliders,
+    linked by one Selection, from one forward and one backward.
+
+    ``target``/``foil``/``position`` say what gradients and attributions explain (see
+    :func:`nbinspect.trace`); ``views`` picks registered views by name (default: all that apply).
+    """
+    if isinstance(model, Trace) or isinstance(getattr(model, "trace", None), Trace):
+        t = as_trace(model, tokenizer, text, gradients=True)
+    else:
+        t = as_trace(model, tokenizer, text, gradients=True, parts=parts, target=target, foil=foil, position=position)
+    return Dashboard(t, perturb=perturb, views=views)

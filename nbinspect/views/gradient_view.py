@@ -16,24 +16,23 @@ nbinspect ever sends as JSON; token scores travel as float32 bytes.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import altair as alt
-import anywidget
 import ipywidgets
 import torch
 import traitlets
 
 from .. import codecs
 from ..adapters import Adapter, ModelParts
-from ..gradients import METHODS, GradientNorms, gradient_norms, saliency
-from ..inputs import encode, token_strings
+from ..gradients import GradientNorms
+from ..trace import Trace
 from ._bundle import bundle
+from .base import View, as_trace
 from .selection import Selection
 
 #: A layer is flagged when its gradient norm is this many times below or above the median layer's.
 FLAG_RATIO = 10.0
-#: Steps of integrated gradients (midpoint rule); each is a forward and a backward pass.
-IG_STEPS = 16
 PART_ORDER = ["attention", "mlp", "norm", "embedding"]
 
 
@@ -124,14 +123,28 @@ def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, tit
     return alt.layer(*layers).properties(width=560, height=240, title=alt.Title(title, subtitle=subtitle))
 
 
-class TokenAttribution(anywidget.AnyWidget):
-    """The token strip of a GradientView: input tokens coloured by attribution score."""
+#: Attribution methods the strip offers: name -> (label, function of a Trace returning float32 [tokens]).
+#: Multi-pass methods (integrated gradients) run only when picked; others plug in here.
+ATTRIBUTIONS: dict[str, tuple[str, Callable[[Trace], torch.Tensor]]] = {
+    "grad_norm": ("gradient norm", lambda t: t.attribution("grad_norm")),
+    "grad_x_input": ("gradient × input", lambda t: t.attribution("grad_x_input")),
+    "integrated_gradients": ("integrated gradients", lambda t: t.attribution("integrated_gradients")),
+}
+
+
+class GradientView(View):
+    """Gradient norms across depth (altair chart, a child widget) and per-token attribution (the strip),
+    linked by a Selection; ``show`` follows an edited trace (its backward re-ran)."""
 
     _esm = bundle("gradient_view")
+    title = "Gradients"
+    needs_gradients = True
 
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
-    #: One of ``gradients.METHODS``; switching to integrated gradients computes them on the spot.
+    #: altair's JupyterChart of the norms per layer and module type, drawn by this view's ESM.
+    chart = traitlets.Instance(alt.JupyterChart, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
+    #: name -> label of the attribution methods offered (see ``ATTRIBUTIONS``).
+    methods = traitlets.Dict().tag(sync=True)
+    #: The method shown; switching to integrated gradients computes them on the spot.
     method = traitlets.Unicode("grad_x_input").tag(sync=True)
     #: float32 [tokens] scores of ``method`` (signed for gradient × input and integrated gradients).
     scores = traitlets.Bytes(b"").tag(sync=True)
@@ -140,78 +153,62 @@ class TokenAttribution(anywidget.AnyWidget):
     flags = traitlets.Dict().tag(sync=True)
     flag_ratio = traitlets.Float(FLAG_RATIO).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
-    painted = traitlets.Int(0).tag(sync=True)
 
-    @traitlets.validate("method")
-    def _valid_method(self, proposal):
-        if proposal["value"] not in METHODS:
-            raise traitlets.TraitError(f"unknown attribution method {proposal['value']!r}; choose one of {', '.join(METHODS)}.")
-        return proposal["value"]
-
-
-class GradientView(ipywidgets.VBox):
-    """Gradient norms across depth (chart) and per-token attribution (strip), linked by a Selection."""
-
-    def __init__(self, adapter: Adapter, inputs, tokens: list[str], target="loss", selection: Selection | None = None):
-        self._adapter = adapter
-        self._inputs = inputs
-        self._target = target
-        # Attribution explains the predicted next token where there is one, else the same target.
-        self._attribution_target = None if target == "loss" else target
-        self.norms = gradient_norms(adapter.model, inputs, target, parts=adapter.parts)
-        codecs.check_finite(self.norms.target, "the gradient target (loss or logit)")
-        layer_norms = [float(v) for v in self.norms.layers]
-        self.rows = norms_by_part(adapter, self.norms)
-        flags = flag_layers(layer_norms)
-        self.selection = (selection or Selection()).bound_to(n_tokens=len(tokens), n_layers=adapter.n_layers)
-        what = "LM loss" if target == "loss" else ("a function of the output" if callable(target) else f"logit of token {target}")
-        self.chart = alt.JupyterChart(
-            norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {what}, per layer"),
-            embed_options={"renderer": "canvas", "actions": False},  # canvas: no SVG element per mark
-        )
-        self.strip = TokenAttribution(
-            tokens=codecs.clip_tokens(tokens), selection=self.selection, flags=flags, target=what
-        )
-        self._scores: dict[str, torch.Tensor] = {}
-        super().__init__(children=[self.chart, self.strip])
+    def __init__(self, trace: Trace, selection: Selection | None = None, **kwargs):
+        super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()}, **kwargs)
+        self.chart = alt.JupyterChart(self._chart_spec(trace), embed_options={"renderer": "canvas", "actions": False})
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.selection.observe(self._layer_moved, ["layer"])
-        self.strip.observe(self._method_changed, ["method"])
+        self.observe(self._method_changed, ["method"])
         self.chart.params.current = self.selection.layer
         self._send_scores()
 
-    @property
-    def flags(self) -> dict[str, list[int]]:
-        return dict(self.strip.flags)
+    @classmethod
+    def applies(cls, trace: Trace) -> str | None:
+        if trace.gradient_norms is None:
+            return "this trace was made without gradients (gradients=False), so there are no gradients to show."
+        return None
 
-    @property
-    def method(self) -> str:
-        return self.strip.method
+    @traitlets.validate("method")
+    def _valid_method(self, proposal):
+        if proposal["value"] not in ATTRIBUTIONS:
+            raise traitlets.TraitError(f"unknown attribution method {proposal['value']!r}; choose one of {', '.join(ATTRIBUTIONS)}.")
+        return proposal["value"]
 
-    @method.setter
-    def method(self, value: str) -> None:
-        self.strip.method = value
+    def _chart_spec(self, trace: Trace) -> alt.LayerChart:
+        adapter, norms = trace.adapter, trace.gradient_norms
+        codecs.check_finite(norms.target, "the gradient target (loss or logit)")
+        self.rows = norms_by_part(adapter, norms)
+        flags = flag_layers([float(v) for v in norms.layers])
+        self.flags, self.target = flags, trace.target.label
+        edited = f" (edited: {', '.join(map(repr, trace.edits))})" if trace.edits else ""
+        return norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {trace.target.label}, per layer{edited}")
 
-    def scores(self, method: str | None = None) -> torch.Tensor:
+    def show(self, trace: Trace) -> None:
+        """Show another trace of the same text (an edit re-ran its backward): new norms and scores."""
+        super().show(trace)
+        self.chart.chart = self._chart_spec(trace)
+        self.chart.params.current = self.selection.layer
+        self.scores_of = ""
+        self._send_scores()
+
+    def attribution(self, method: str | None = None) -> torch.Tensor:
         """Attribution per token for ``method`` (default: the one shown), float32 on the host."""
-        method = method or self.strip.method
-        if method not in self._scores:
-            scores = saliency(
-                self._adapter.model, self._inputs, self._attribution_target, method=method, steps=IG_STEPS, progress=False, parts=self._adapter.parts
-            )[0].float()
-            self._scores[method] = codecs.check_finite(scores, f"the {method} attribution").cpu()
-        return self._scores[method]
+        method = method or self.method
+        if method not in ATTRIBUTIONS:
+            raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTIONS)}.")
+        return ATTRIBUTIONS[method][1](self.trace)
 
     def _send_scores(self) -> None:
-        method = self.strip.method
-        self.strip.busy = True
+        method = self.method
+        self.busy = True
         try:
-            values = self.scores(method)
-            with self.strip.hold_sync():
-                self.strip.scores = codecs.float32_bytes(values)
-                self.strip.scores_of = method
+            values = self.attribution(method)
+            with self.hold_sync():
+                self.scores = codecs.float32_bytes(values)
+                self.scores_of = method
         finally:
-            self.strip.busy = False
+            self.busy = False
 
     def _method_changed(self, change) -> None:
         self._send_scores()
@@ -225,26 +222,24 @@ class GradientView(ipywidgets.VBox):
     def _layer_moved(self, change) -> None:
         self.chart.params.current = change["new"]
 
-
-def _default_target(model):
-    """The LM loss for models with an LM head; otherwise the norm of the first token's final state."""
-    if getattr(model, "get_output_embeddings", lambda: None)() is not None:
-        return "loss"
-
-    def first_token_state_norm(output):
-        return output.last_hidden_state[:, 0].norm()
-
-    return first_token_state_norm
+    def payload_bytes(self) -> int:
+        return len(self.scores) + sum(len(t.encode()) + 3 for t in self.tokens)
 
 
-def gradient_flow(model, tokenizer, text: str, *, target=None, selection: Selection | None = None, parts: ModelParts | None = None) -> GradientView:
-    """Show gradient norms across depth and per-token attribution for ``text``.
+def gradient_flow(model, tokenizer=None, text: str | None = None, *, target=None, foil=None, position: int = -1,
+                  selection: Selection | None = None, parts: ModelParts | None = None) -> GradientView:
+    """Show gradient norms across depth and per-token attribution for ``text`` (or a Trace with gradients).
 
-    ``target``: ``"loss"`` (the default for language models), a token id (its logit at the last
-    position) or a function of the model output returning a scalar. The model's training flag,
-    ``requires_grad`` flags and ``.grad`` fields are left as they were.
+    ``target``: ``None`` (the predicted next token; for encoders the norm of the final state), a token
+    id or one token's text, ``"loss"``, or a function of the model output returning a scalar; ``foil``
+    makes it the difference of two logits. The model's training flag, ``requires_grad`` flags and
+    ``.grad`` fields are left as they were.
     """
-    adapter = Adapter.of(model, parts)
-    inputs = encode(tokenizer, text, adapter)
-    tokens = token_strings(tokenizer, inputs["input_ids"])
-    return GradientView(adapter, inputs, tokens, target=_default_target(model) if target is None else target, selection=selection)
+    if isinstance(model, Trace) or isinstance(getattr(model, "trace", None), Trace):
+        t = as_trace(model, tokenizer, text, gradients=True)
+        if (target, foil, position) != (None, None, -1):
+            t = t.retarget(target, foil, position)
+    else:
+        t = as_trace(model, tokenizer, text, gradients=True, parts=parts, target=target, foil=foil, position=position)
+    return GradientView(t, selection)
+

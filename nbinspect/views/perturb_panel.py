@@ -1,26 +1,25 @@
-"""Sliders that perturb a model's weights, and a panel showing how its predictions move.
+"""Sliders that perturb a model's weights, and the predictions before and after, in one widget.
 
-``nbinspect.sliders(model, tokenizer, text, views=[attention_view])`` shows sliders for one head's
-scale, one MLP neuron's scale and seeded weight noise in one layer, a reset button, and a
-:class:`PredictionView` with the top next-token probabilities before and after, the KL divergence
-and whether the top token changed, for the last position and a chosen one. Every change recomputes
-from the first edited layer (:class:`nbinspect.recompute.Recompute`) on the model's device and
-repaints the views that show that run.
+``nbinspect.sliders(model, tokenizer, text)`` (or ``sliders(trace, views=[...])``) shows sliders for one
+head's scale, one MLP neuron's scale and seeded weight noise in one layer, a reset button, and the top
+next-token probabilities before and after with the KL divergence and whether the top token changed, for
+the last position and a chosen one. The controls are drawn by the panel's own ESM
+(``js/perturb_panel_view.js``), so every host that renders anywidget models renders the panel. Every
+change makes a new :class:`~nbinspect.Trace` with :meth:`~nbinspect.Trace.with_edits` (re-run from the
+first layer whose edits changed, backward included when the trace has gradients) and hands it to the
+linked views' ``show``.
 
 Requirements this module is built around:
 
-* **The latest value wins.** Slider observers only drop the new value into a one-slot mailbox
-  (:class:`LatestWins`) and return, so the kernel keeps reading slider messages while a worker thread
+* **The latest value wins.** Control observers only drop the new value into a one-slot mailbox
+  (:class:`LatestWins`) and return, so the kernel keeps reading messages while a worker thread
   computes. A value replaced before its turn is never computed; a result overtaken while it was
   computed is not published. After any storm of moves the views show the last value's result.
 * **Busy while computing.** ``busy`` is set on the panel and on every view that has such a trait
   from the first move until the last value's result is shown.
-* **The model stays exact.** Edits are applied only while a run computes (see
-  :mod:`nbinspect.recompute`), so other cells always see the original weights; use
-  ``with panel.applied(): ...`` to run the model under the sliders' edits. Do not run the model
-  from another cell while the panel is recomputing: the worker edits the weights in place meanwhile.
-* **Views repaint only what changed**: the attention of the layers recomputed since the last
-  repaint is passed to ``view.set_attention`` (float32 ``[1, heads, q, k]`` per layer).
+* **The model stays exact.** Edits are applied only while a trace computes (weights restored from
+  saved clones, see :mod:`nbinspect.perturb`), so other cells always see the original weights; use
+  ``with panel.applied(): ...`` to run the model under the sliders' edits.
 """
 
 from __future__ import annotations
@@ -31,15 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import anywidget
-import ipywidgets as widgets
+import ipywidgets
 import torch
 import traitlets
 
-from ..adapters import Adapter, ModelParts
-from ..inputs import encode, token_strings
+from ..adapters import ModelParts
 from ..perturb import AddNoise, Edit, ScaleHead, ScaleNeuron, _in_features, perturb
-from ..recompute import Recompute, Result
+from ..trace import Trace
 from ._bundle import bundle
+from .base import as_trace
 
 IDLE_EXIT_S = 30.0  # a worker with nothing to do exits after this long instead of living for the whole kernel
 TOP_K = 5  # rows per position in the panel: enough to see a runner-up take over, small enough to read
@@ -143,21 +142,6 @@ class LatestWins:
             self._one(taken[0])
 
 
-class PredictionView(anywidget.AnyWidget):
-    """Top next-token probabilities before and after the edits, for a few positions (JS: perturb_panel_view.js)."""
-
-    _esm = bundle("perturb_panel_view")
-
-    #: {"edits": [str], "from_layer": int, "compute_ms": float, "message": str,
-    #:  "positions": [{"position", "token", "before": [[token, p]], "after": [[token, p]], "kl", "argmax_changed"}]}
-    #: Small (a few KB), so plain JSON; large arrays go through nbinspect.codecs instead.
-    summary = traitlets.Dict().tag(sync=True)
-    #: True while the model recomputes.
-    busy = traitlets.Bool(False).tag(sync=True)
-    #: Incremented by the browser after each repaint (for tests and benchmarks).
-    painted = traitlets.Int(0).tag(sync=True)
-
-
 def _top(probs: torch.Tensor, k: int, decode) -> list[list]:
     p, ids = probs.topk(k)
     return [[decode(i), round(float(v), 6)] for v, i in zip(p.tolist(), ids.tolist())]
@@ -191,125 +175,131 @@ def _hidden_change(before: torch.Tensor, after: torch.Tensor) -> list[dict]:
     return [{"cosine": float(c), "relative_change": float(r)} for c, r in zip(cos.tolist(), rel.tolist())]
 
 
-class PerturbPanel(widgets.VBox):
-    """Sliders that perturb ``model``, a :class:`PredictionView`, and the given views, kept in step.
+class PerturbPanel(anywidget.AnyWidget):
+    """Sliders that perturb the model of a :class:`~nbinspect.Trace`, the predictions before and after,
+    and the views that follow them.
 
     Parameters
     ----------
-    model, tokenizer, text : the model (any nbinspect family), its tokenizer and the text to run.
-    views : views to repaint after each recompute (e.g. an ``AttentionView`` of the same text); any
-        object with ``set_attention(dict)`` gets the recomputed layers' attention, and any with a
-        ``busy`` trait shows the busy indicator.
+    trace : the unedited trace the sliders start from (``sliders(model, tokenizer, text)`` makes one).
+    views : views to move to each new trace (anything with ``show(trace)``; a ``busy`` trait shows the
+        busy indicator).
     position : the chosen position shown next to the last one (default: the one before the last).
     top_k : rows per position.
     threaded : recompute on a worker thread (``False``: synchronously, for scripts and tests).
-    show_views : also lay the views out under the sliders.
+    show_views : also draw the views under the controls.
 
     Attributes
     ----------
     head_layer, head, head_factor, neuron_layer, neuron, neuron_factor, noise_layer, noise_sigma,
-    noise_seed, position, reset_button : the ipywidgets controls (set ``.value`` to move them).
-    prediction : the :class:`PredictionView`.
-    recompute : the :class:`nbinspect.recompute.Recompute` holding the baseline run.
+    noise_seed, position : the controls' values (set them from Python and the sliders move).
+    base : the unedited trace. latest : the trace the views show now.
     scheduler : the :class:`LatestWins` mailbox (its counters say how many values were computed).
     """
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        text: str,
-        views: Sequence[Any] = (),
-        *,
-        position: int | None = None,
-        top_k: int = TOP_K,
-        threaded: bool = True,
-        show_views: bool = True,
-        parts: ModelParts | None = None,
-    ):
-        adapter = Adapter.of(model, parts)
-        self.adapter, self.model, self.tokenizer, self.top_k = adapter, model, tokenizer, top_k
-        self.views = list(views)
-        inputs = encode(tokenizer, text, adapter)
-        self.tokens = token_strings(tokenizer, inputs["input_ids"])
-        n_tokens = len(self.tokens)
-        wants_attention = any(hasattr(v, "set_attention") for v in self.views)
-        wants_neurons = adapter.parts.neurons is not None and any(hasattr(v, "set_activations") for v in self.views)
-        self.recompute = Recompute(
-            model, inputs, attention=True if wants_attention else None, neurons=True if wants_neurons else None, parts=parts
-        )
-        self.recompute.check_finite()  # NaN weights: the same clear error as the other views, not NaN probabilities
-        self._before: dict[tuple, torch.Tensor] = {}  # positions -> baseline logits (or hidden states)
-        self._unshown_from = adapter.n_layers  # first layer computed since the views were last repainted
-        self.last_latency_ms: float | None = None
+    _esm = bundle("perturb_panel_view")
 
-        n_layers, n_heads = adapter.n_layers, adapter.n_heads
-        style = {"description_width": "initial"}
-        slider = dict(continuous_update=True, style=style)
-        self.head_layer = widgets.IntSlider(0, 0, n_layers - 1, description="head: layer", **slider)
-        self.head = widgets.IntSlider(0, 0, n_heads - 1, description="head", **slider)
-        self.head_factor = widgets.FloatSlider(1.0, min=0.0, max=2.0, step=0.05, description="× scale", **slider)
+    head_layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    head_factor = traitlets.Float(1.0).tag(sync=True)
+    neuron_layer = traitlets.Int(0).tag(sync=True)
+    neuron = traitlets.Int(0).tag(sync=True)
+    neuron_factor = traitlets.Float(1.0).tag(sync=True)
+    noise_layer = traitlets.Int(0).tag(sync=True)
+    noise_sigma = traitlets.Float(0.0).tag(sync=True)
+    noise_seed = traitlets.Int(0).tag(sync=True)
+    position = traitlets.Int(0).tag(sync=True)
+    #: Ranges of the controls (the browser draws sliders from them).
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    n_neurons = traitlets.Int(0).tag(sync=True)  # 0: no single MLP down projection, neuron controls off
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    #: {"edits": [str], "from_layer": int, "compute_ms": float, "message": str,
+    #:  "positions": [{"position", "token", "before": [[token, p]], "after": [[token, p]], "kl", "argmax_changed"}]}
+    #: Small (a few KB), so plain JSON; large arrays go through nbinspect.codecs instead.
+    summary = traitlets.Dict().tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+    #: Views drawn under the controls (by reference: each stays its own widget model).
+    views = traitlets.List(traitlets.Instance(ipywidgets.Widget)).tag(sync=True, **ipywidgets.widget_serialization)
+    #: Incremented by the browser after each repaint (for tests and benchmarks).
+    painted = traitlets.Int(0).tag(sync=True)
+
+    _CONTROLS = ("head_layer", "head", "head_factor", "neuron_layer", "neuron", "neuron_factor",
+                 "noise_layer", "noise_sigma", "noise_seed", "position")
+
+    def __init__(self, trace: Trace, views: Sequence[Any] = (), *, position: int | None = None, top_k: int = TOP_K,
+                 threaded: bool = True, show_views: bool = True):
+        if trace.edits:
+            raise ValueError("sliders start from an unedited trace; pass the trace the edits were made from.")
+        adapter = trace.adapter
+        self.base = self.latest = trace
+        self.adapter, self.model, self.tokenizer, self.top_k = adapter, trace.model, trace.tokenizer, top_k
+        self.followers = list(views)
+        n = trace.n_tokens
+        default = n - 2 if position is None else position
         has_neurons = adapter.parts.neurons is not None
-        width = _in_features(adapter.part(0, "neurons")) if has_neurons else 1
-        self.neuron_layer = widgets.IntSlider(0, 0, n_layers - 1, description="neuron: layer", disabled=not has_neurons, **slider)
-        box = widgets.Layout(width="160px")
-        self.neuron = widgets.BoundedIntText(
-            0, min=0, max=width - 1, description="neuron", disabled=not has_neurons, style=style, layout=box
+        super().__init__(
+            n_layers=adapter.n_layers,
+            n_heads=adapter.n_heads,
+            n_neurons=_in_features(adapter.part(0, "neurons")) if has_neurons else 0,
+            tokens=list(trace.tokens),
+            position=max(0, min(default, n - 1)),
+            views=[v for v in self.followers if isinstance(v, ipywidgets.Widget)] if show_views else [],
         )
-        self.neuron_factor = widgets.FloatSlider(
-            1.0, min=0.0, max=2.0, step=0.05, description="× scale", disabled=not has_neurons, **slider
-        )
-        self.noise_layer = widgets.IntSlider(0, 0, n_layers - 1, description="noise: layer", **slider)
-        self.noise_sigma = widgets.FloatSlider(0.0, min=0.0, max=1.0, step=0.01, description="σ (× weight RMS)", **slider)
-        self.noise_seed = widgets.BoundedIntText(0, min=0, max=2**31 - 1, description="seed", style=style, layout=box)
-        default = n_tokens - 2 if position is None else position
-        self.position = widgets.IntSlider(
-            max(0, min(default, n_tokens - 1)), 0, n_tokens - 1, description="also show position", **slider
-        )
-        self.reset_button = widgets.Button(description="reset", tooltip="Give back the original model")
-        self.prediction = PredictionView()
-
+        self.last_latency_ms: float | None = None
         self._last_request = None
         self.scheduler = LatestWins(self._compute, self._publish, self._set_busy, threaded=threaded)
-        controls = [
-            self.head_layer, self.head, self.head_factor,
-            self.neuron_layer, self.neuron, self.neuron_factor,
-            self.noise_layer, self.noise_sigma, self.noise_seed, self.position,
-        ]  # fmt: skip
-        for control in controls:
-            control.observe(self._changed, names="value")
-        self.reset_button.on_click(lambda _: self.reset())
-        rows = [
-            widgets.HBox([self.head_layer, self.head, self.head_factor]),
-            widgets.HBox([self.neuron_layer, self.neuron, self.neuron_factor]),
-            widgets.HBox([self.noise_layer, self.noise_sigma, self.noise_seed]),
-            widgets.HBox([self.position, self.reset_button]),
-            self.prediction,
-        ]
-        if not has_neurons:
-            rows.insert(2, widgets.Label(f"a {adapter.family!r} model has no single MLP down projection: neuron sliders are off."))
-        shown = [v for v in self.views if isinstance(v, widgets.Widget)] if show_views else []
-        super().__init__(rows + shown)
+        self.observe(self._changed, list(self._CONTROLS))
+        self.on_msg(self._message)
         self._changed()
         self.scheduler.wait()
+
+    # --- checks: a refused value loses nothing ------------------------------------------------------
+    def _check(self, name: str, value, low, high):
+        if not low <= value <= high:
+            raise traitlets.TraitError(f"{name} {value!r} is out of range: expected {low}..{high}.")
+        return value
+
+    @traitlets.validate("head_layer", "neuron_layer", "noise_layer")
+    def _valid_layer(self, p):
+        return self._check(p["trait"].name, p["value"], 0, self.n_layers - 1)
+
+    @traitlets.validate("head")
+    def _valid_head(self, p):
+        return self._check("head", p["value"], 0, self.n_heads - 1)
+
+    @traitlets.validate("neuron")
+    def _valid_neuron(self, p):
+        return self._check("neuron", p["value"], 0, max(self.n_neurons - 1, 0))
+
+    @traitlets.validate("position")
+    def _valid_position(self, p):
+        return self._check("position", p["value"], 0, max(len(self.tokens) - 1, 0))
+
+    @traitlets.validate("head_factor", "neuron_factor", "noise_sigma")
+    def _valid_number(self, p):
+        value = p["value"]
+        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+            raise traitlets.TraitError(f"{p['trait'].name} must be a finite number ≥ 0, got {value!r}.")
+        return value
 
     # --- what the sliders say -------------------------------------------------------------------
     @property
     def edits(self) -> tuple[Edit, ...]:
         """The edits the sliders describe now (sliders at rest add none)."""
         out: list[Edit] = []
-        if self.head_factor.value != 1:
-            out.append(ScaleHead(self.head_layer.value, self.head.value, float(self.head_factor.value)))
-        if self.neuron_factor.value != 1 and not self.neuron_factor.disabled:
-            out.append(ScaleNeuron(self.neuron_layer.value, self.neuron.value, float(self.neuron_factor.value)))
-        if self.noise_sigma.value > 0:
-            out.append(AddNoise(self.noise_layer.value, float(self.noise_sigma.value), int(self.noise_seed.value)))
+        if self.head_factor != 1:
+            out.append(ScaleHead(self.head_layer, self.head, float(self.head_factor)))
+        if self.neuron_factor != 1 and self.n_neurons:
+            out.append(ScaleNeuron(self.neuron_layer, self.neuron, float(self.neuron_factor)))
+        if self.noise_sigma > 0:
+            out.append(AddNoise(self.noise_layer, float(self.noise_sigma), int(self.noise_seed)))
         return tuple(out)
 
     def positions(self) -> list[int]:
         """The positions the panel shows, in text order: the chosen one, then the last (``[-1]``)."""
         last = len(self.tokens) - 1
-        return [last] if self.position.value == last else [self.position.value, last]
+        return [last] if self.position == last else [self.position, last]
 
     def applied(self) -> perturb:
         """``with panel.applied(): model.generate(...)`` runs the model under the sliders' edits."""
@@ -317,18 +307,23 @@ class PerturbPanel(widgets.VBox):
 
     def reset(self) -> None:
         """Put every slider back at rest; the views then show the original model again."""
-        self.head_factor.value = 1.0
-        self.neuron_factor.value = 1.0
-        self.noise_sigma.value = 0.0
+        with self.hold_trait_notifications():
+            self.head_factor = 1.0
+            self.neuron_factor = 1.0
+            self.noise_sigma = 0.0
         self._changed(force=True)
 
     def wait(self, timeout: float | None = 60.0) -> bool:
         """Block until the views show the latest slider values (for scripts and notebooks run headless)."""
         return self.scheduler.wait(timeout)
 
+    def _message(self, widget, content, buffers) -> None:
+        if isinstance(content, dict) and content.get("event") == "reset":
+            self.reset()
+
     # --- the pipeline: kernel thread -> mailbox -> worker ------------------------------------------
     def _changed(self, change=None, force: bool = False) -> None:
-        # Moving a slider that no edit reads (e.g. the head slider while its scale is 1, which the
+        # Moving a control that no edit reads (e.g. the head slider while its scale is 1, which the
         # dashboard does on every click in a view) describes the same run: nothing to recompute.
         request = (self.edits, tuple(self.positions()))
         if request == self._last_request and not force:
@@ -337,71 +332,60 @@ class PerturbPanel(widgets.VBox):
         self.scheduler.submit((*request, time.perf_counter()))
 
     def _set_busy(self, busy: bool) -> None:
-        self.prediction.busy = busy
-        for view in self.views:
+        self.busy = busy
+        for view in self.followers:
             if hasattr(view, "busy"):
                 view.busy = busy
 
-    def _compute(self, value) -> dict:
+    def _compute(self, value) -> tuple[Trace | None, dict]:
         edits, positions, submitted = value
         started = time.perf_counter()
         try:
-            result = self.recompute.run(*edits)
-            self._unshown_from = min(self._unshown_from, max(result.from_layer, 0))
-            summary = self._summary(result, list(positions))
+            # The same edits describe the same run (e.g. only the shown position moved): nothing re-runs.
+            new = self.latest if tuple(edits) == self.latest.edits else self.latest.with_edits(edits)
+            summary = self._summary(new, list(positions))
         except Exception as e:  # e.g. an EditError: shown in the panel, the sliders stay usable
-            return {"positions": [], "message": f"{type(e).__name__}: {e}", "edits": [repr(x) for x in edits]}
+            return None, {"positions": [], "message": f"{type(e).__name__}: {e}", "edits": [repr(x) for x in edits]}
         summary["edits"] = [repr(e) for e in edits]
-        summary["from_layer"] = result.from_layer
+        summary["from_layer"] = new.from_layer
         summary["n_layers"] = self.adapter.n_layers
         summary["compute_ms"] = round(1000 * (time.perf_counter() - started), 1)
-        return summary
+        return new, summary
 
-    def _publish(self, value, summary: dict) -> None:
-        start, self._unshown_from = self._unshown_from, self.adapter.n_layers
-        self.prediction.summary = summary
-        attention = {i: w for i, w in sorted(self.recompute.attention.items()) if i >= start}
-        neurons = {i: a for i, a in sorted(self.recompute.neurons.items()) if i >= start}
-        for view in self.views:
-            if attention and hasattr(view, "set_attention"):
-                view.set_attention(attention)
-            if neurons and hasattr(view, "set_activations"):
-                view.set_activations(neurons)
+    def _publish(self, value, result) -> None:
+        new, summary = result
+        self.summary = summary
+        if new is not None:
+            self.latest = new
+            for view in self.followers:
+                view.show(new)
         self.last_latency_ms = 1000 * (time.perf_counter() - value[2])
 
-    def _baseline(self, positions: tuple[int, ...], head: bool) -> torch.Tensor:
-        # Computed for the same positions, in one call, exactly as the edited side is, so that sliders
-        # at rest give a KL of exactly 0 rather than matmul rounding noise.
-        if positions not in self._before:
-            base = self.recompute.baseline
-            self._before[positions] = base.logits(positions)[0] if head else base.last_hidden(positions)[0]
-        return self._before[positions]
-
-    def _summary(self, result: Result, positions: list[int]) -> dict:
+    def _summary(self, new: Trace, positions: list[int]) -> dict:
         decode = lambda i: self.tokenizer.decode([i])  # noqa: E731
         rows = [{"position": p, "token": self.tokens[p]} for p in positions]
-        if result.has_head:
-            before = self._baseline(tuple(positions), True)
-            after = result.logits(positions)[0]
-            for row, stats in zip(rows, compare(before, after, self.top_k, decode)):
+        if new.logits is not None:
+            for row, stats in zip(rows, compare(self.base.logits[positions], new.logits[positions], self.top_k, decode)):
                 row.update(stats)
-            message = ""
-        else:
-            before = self._baseline(tuple(positions), False)
-            after = result.last_hidden(positions)[0]
-            for row, stats in zip(rows, _hidden_change(before, after)):
-                row.update(stats)
-            message = (
-                f"this {self.adapter.family} model is an encoder with no next-token head; "
-                "shown instead: how far the final hidden state moved at each position."
-            )
+            return {"positions": rows, "message": ""}
+        last = self.adapter.n_layers - 1
+        before = self.base.record.residual[last].after[0, positions]
+        after = new.record.residual[last].after[0, positions]
+        for row, stats in zip(rows, _hidden_change(before, after)):
+            row.update(stats)
+        message = (
+            f"this {self.adapter.family} model is an encoder with no next-token head; "
+            "shown instead: how far the final hidden state moved at each position."
+        )
         return {"positions": rows, "message": message}
 
 
-def sliders(model, tokenizer, text: str, views: Sequence[Any] = (), **kwargs) -> PerturbPanel:
+def sliders(model, tokenizer=None, text: str | None = None, views: Sequence[Any] = (), *,
+            parts: ModelParts | None = None, **kwargs) -> PerturbPanel:
     """Sliders that switch heads and neurons off, add weight noise, and show how predictions move.
 
-    See :class:`PerturbPanel` for the keyword arguments. Raises ``ValueError`` for empty or
-    over-long text and ``TypeError`` for a model nbinspect cannot find its way around.
+    Give ``(model, tokenizer, text)`` or a :class:`~nbinspect.Trace`. See :class:`PerturbPanel` for the
+    keyword arguments. Raises ``ValueError`` for empty or over-long text and ``TypeError`` for a model
+    nbinspect cannot find its way around.
     """
-    return PerturbPanel(model, tokenizer, text, views, **kwargs)
+    return PerturbPanel(as_trace(model, tokenizer, text, parts=parts), views, **kwargs)
