@@ -189,3 +189,26 @@ def test_smollm2_factual_prompt(smollm2):
     share = result.share("resid")
     assert result.clean_value > 0 > result.corrupted_value
     assert float(share[30, -1]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_view_sends_the_shares_as_bytes_and_links_the_selection():
+    from nbinspect.views.patching_view import PatchingView
+
+    model, tok = tiny("llama"), CharTokenizer()
+    result = patch(model, tok, CLEAN, CORRUPTED, target=TARGET, foil=FOIL, layers=[1, 2], progress=False)
+    sel = nbinspect.Selection()
+    view = PatchingView(result, selection=sel)
+    assert view.kinds == ["resid", "attn", "mlp", "heads"]
+    for kind in view.kinds:
+        share, shown = result.share(kind), view.shown(kind)
+        assert torch.equal(torch.isnan(share), torch.isnan(shown))  # not measured: layer 0
+        ok = ~torch.isnan(share)
+        assert (share[ok] - shown[ok]).abs().max() <= view.scale / 254 + 1e-6
+        assert isinstance(getattr(view, kind), bytes)
+    assert view.scale >= 1.0 and len(view.resid) == (result.n_layers + 1) * 8
+    view.layer, view.token, view.head = 2, 5, 3
+    assert (sel.layer, sel.token, sel.head) == (2, 5, 3)
+    sel.layer = 1
+    assert view.layer == 1
+    with pytest.raises(TypeError, match="nbinspect.patch"):
+        PatchingView("not a result")

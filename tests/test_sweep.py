@@ -122,3 +122,23 @@ def test_smollm2_sweep_of_two_layers_matches_ablate_head(smollm2):
         with nbinspect.perturb(model, nbinspect.AblateHead(layer, head)):
             logits = _logits(model, inputs)[-1]
         assert float(result.values[layer, head]) == pytest.approx(float(logits[result.target]), abs=1e-4)
+
+
+def test_view_sends_the_effects_as_bytes_and_links_the_selection():
+    from nbinspect.views.head_sweep_view import HeadSweepView
+
+    model, tok = tiny("llama"), CharTokenizer()
+    result = head_sweep(model, tok, TEXT, layers=[0, 2], progress=False)
+    sel = nbinspect.Selection()
+    view = HeadSweepView(result, selection=sel)
+    shown = view.shown()
+    assert torch.isnan(shown[1]).all() and not torch.isnan(shown[0]).any()
+    ok = ~torch.isnan(result.effect)
+    assert (result.effect[ok] - shown[ok]).abs().max() <= view.scale / 254 + 1e-6
+    assert view.scale == pytest.approx(float(result.effect[ok].abs().max()))
+    top = torch.frombuffer(bytearray(view.top), dtype=torch.int32).reshape(-1, 2).tolist()
+    assert [tuple(t) for t in top] == [(l, h) for l, h, _ in result.top(8)]
+    view.layer, view.head = 2, 1
+    assert (sel.layer, sel.head) == (2, 1)
+    with pytest.raises(TypeError, match="head_sweep"):
+        HeadSweepView("not a result")
