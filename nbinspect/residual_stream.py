@@ -35,7 +35,7 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,25 @@ def _residuals(adapter: Adapter, record, what: str) -> list:
     if missing:
         raise ValueError(f"{what} needs the residual stream of every layer; this record lacks layers {missing[:5]}.")
     return [record.residual[i] for i in range(adapter.n_layers)]
+
+
+@contextmanager
+def _weights_of(trace, adapter: Adapter):
+    """The model's weights as they were when ``trace`` ran: its edits applied (and undone after).
+
+    A trace keeps references to weights (the output projections of ``record.heads``, the final norm, the
+    unembedding), and after an edited run those hold the restored values again; reading them under the
+    same edits gives what the edited run used.
+    """
+    edits = tuple(getattr(trace, "edits", ()) or ())
+    with model_lock(adapter.model):
+        if not edits:
+            yield
+            return
+        from .perturb import perturb
+
+        with perturb(adapter.model, *edits, parts=adapter.parts):
+            yield
 
 
 # --- the unembedding as the model applies it ------------------------------------------------------
@@ -182,7 +201,7 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None) -> LogitLens:
     per_position = L * vocab * 4 * 3  # logits, their probabilities and a comparison mask, float32
     chunk = max(1, codecs.LENS_CHUNK_MAX_BYTES // per_position)
     out = {name: [] for name in ("ids", "probs", "entropy", "kl", "tprob", "trank")}
-    with model_lock(adapter.model), torch.no_grad():
+    with _weights_of(trace, adapter), torch.no_grad():
         for start in range(0, n, chunk):
             logits = unembed(adapter, stream[start:start + chunk])  # [c, L, V]
             logp = logits.sub_(logits.logsumexp(dim=-1, keepdim=True))  # in place: log-probabilities
@@ -332,7 +351,7 @@ def direct_logit_attribution(trace, *, target: int | None = None, foil: int | No
     dev = W_U.device
     vocab = int(W_U.shape[0])
     x_L = residual[-1].after[0, position].to(dev)
-    with model_lock(adapter.model), torch.no_grad():
+    with _weights_of(trace, adapter), torch.no_grad():
         logits = unembed(adapter, x_L[None])[0]
         if target is None:
             target = int(logits.argmax())
@@ -367,8 +386,14 @@ def direct_logit_attribution(trace, *, target: int | None = None, foil: int | No
             heads[l] = torch.einsum("hd,mhd,m->h", z, W, v)
             attn = record.attention_out[l][0, position].to(dev).double()
             attention[l] = float(attn @ v)
-            if ho.bias is not None:
-                attn_bias += float(ho.bias.to(dev).double() @ v)
+            bias_l = float(ho.bias.to(dev).double() @ v) if ho.bias is not None else 0.0
+            attn_bias += bias_l
+            split = float(heads[l].sum()) + bias_l
+            if abs(split - attention[l]) > 1e-3 * (abs(float(attention[l])) + float(heads[l].abs().sum())) + 1e-5:
+                raise ValueError(
+                    f"layer {l}'s heads do not add up to its attention output ({split:.4g} vs {float(attention[l]):.4g}): "
+                    "the output projection's weights are not those the trace ran with."
+                )
             mlp[l] = contribution(record.mlp_out[l][0, position])
             rebuilt = rebuilt + attn + record.mlp_out[l][0, position].to(dev).double()
         _check_sum(rebuilt, x_L.double(), adapter)

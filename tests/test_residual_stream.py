@@ -77,6 +77,20 @@ def test_untied_embeddings_use_the_output_matrix():
     assert dla.total == pytest.approx(float(trace.record.logits[0, -1, 7]), abs=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attribution_and_lens_of_an_edited_trace(family):
+    model = randomize_biases(tiny(family))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    edited = trace.edit(nbinspect.AblateHead(1, 2))
+    dla = rs.direct_logit_attribution(edited, target=5)
+    assert float(dla.heads[1, 2]) == 0.0  # switched off: it writes nothing
+    assert dla.total == pytest.approx(float(edited.record.logits[0, -1, 5]), abs=1e-4)
+    before = rs.direct_logit_attribution(trace, target=5)
+    assert float(before.heads[1, 2]) != 0.0
+    lens = rs.logit_lens(edited)
+    assert torch.equal(lens.top_ids[-1], edited.record.logits[0].topk(5).indices)
+
+
 def test_a_wrong_decomposition_is_refused():
     model = tiny("llama")
     trace = make_trace(model, CharTokenizer(), TEXT)
@@ -284,3 +298,69 @@ def test_block_writes_view_and_encoders():
         v = cls(bert)
         assert "encoder" in v.reason and v.payload_bytes() >= 0
     assert BlockWritesView.applies(bert) is None
+
+
+# --- in a real JupyterLab ----------------------------------------------------------------------------
+LAB_NOTEBOOK = """
+import torch, traitlets, nbinspect
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=2)).eval()
+class Tok:
+    def __call__(self, text, return_tensors='pt', add_special_tokens=True):
+        ids = torch.tensor([[ord(c) % 64 for c in text]])
+        return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    def decode(self, ids, **kw):
+        return '<b onmouseover="window.__pwned=1">' + ''.join(chr(32 + i) for i in ids)
+t = nbinspect.trace(m, Tok(), 'hello world', gradients=False)
+sel = nbinspect.Selection()
+lens = nbinspect.logit_lens(t, selection=sel)
+dla = nbinspect.logit_attribution(t, selection=sel)
+traitlets.link((lens, 'target_token'), (dla, 'target_token'))
+bw = nbinspect.block_writes(t, selection=sel)
+display(lens, dla, bw)
+"""
+
+
+@pytest.mark.browser
+def test_views_in_jupyterlab_click_a_head_and_pick_a_target(artifacts):
+    import json
+
+    import nbformat
+    from lab import chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(LAB_NOTEBOOK)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    with jupyterlab({"residual_lab.ipynb": json.dumps(nb)}) as (url, _), chromium() as browser:
+        page = open_notebook(browser, url, "residual_lab.ipynb")
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run_all(page)
+        wait_idle_after_run(page)
+        page.wait_for_function("() => document.querySelector('.nbi-lens canvas') && document.querySelector('.nbi-dla canvas')"
+                               " && document.querySelector('.nbi-bw canvas')", timeout=60_000)
+        page.wait_for_function("() => document.querySelectorAll('.nbi-lens .nbi-side button').length === 5", timeout=30_000)
+        # Click head 2 of layer 1 in the attribution grid: the shared selection (Python) follows.
+        grid = page.locator(".nbi-dla canvas")
+        d = grid.evaluate("c => ({left: +c.dataset.left, top: +c.dataset.top, cell: +c.dataset.cell})")
+        grid.click(position={"x": d["left"] + 2.5 * d["cell"], "y": d["top"] + 1.5 * d["cell"]})
+        page.wait_for_timeout(500)
+        assert kernel(page, "print(sel.layer, sel.head, dla.layer, dla.head)").strip() == "1 2 1 2"
+        # Pick the third token of the lens's top-5 list: it becomes the target of both views.
+        button = page.locator(".nbi-lens .nbi-side button").nth(2)
+        picked = int(button.get_attribute("data-token"))
+        button.click()
+        page.wait_for_timeout(800)
+        out = kernel(page, "print(lens.target_token, lens.shown_target, dla.shown_target)").split()
+        assert [int(x) for x in out] == [picked] * 3
+        label = kernel(page, "print(dla.target_label)").strip()
+        page.wait_for_function("(l) => document.querySelector('.nbi-dla .nbi-title').textContent.includes(l)", arg=label,
+                               timeout=10_000)
+        # Token text stays text: the hostile decode shows up as characters, never as an element.
+        assert page.locator(".nbi-lens b, .nbi-dla b, .nbi-bw b").count() == 0
+        assert "onmouseover" in page.locator(".nbi-lens .nbi-side").text_content()
+        assert page.evaluate("() => window.__pwned") is None
+        page.screenshot(path=str(artifacts / "residual_stream_views.png"), full_page=True)
+        assert not errors, errors
+        page.close()
