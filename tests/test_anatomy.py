@@ -371,7 +371,7 @@ def test_anatomy_views_paint_in_jupyterlab(artifacts):
     import nbformat
     from lab import canvas_ink, chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
 
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
     nb.cells = [nbformat.v4.new_code_cell(BROWSER_NB.format(tests=str(Path(__file__).parent)))]
     with jupyterlab({"anatomy_views.ipynb": nbformat.writes(nb)}) as (url, _), chromium() as browser:
         page = open_notebook(browser, url, "anatomy_views.ipynb", timeout_ms=300_000)
@@ -393,3 +393,20 @@ def test_anatomy_views_paint_in_jupyterlab(artifacts):
         assert kernel(page, "print(sel.layer, views[2].shown_layer, views[1].shown_of[0])").strip() == "2 2 2"
         assert not page.locator(".nbi-mech b").count()  # token text is drawn, never parsed as HTML
         assert not errors, errors
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_mechanics_and_activation_through_a_trace_replay(family):
+    model = sharp(tiny(family))
+    tok = CharTokenizer()
+    inputs = tok(TEXT)
+    trace = nbinspect.trace(model, tok, TEXT, gradients=False)
+    before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    for layer in (0, 2):  # a replay that stops at the first and at the last layer
+        m = A.mechanics(trace, layer=layer, head=1, query=5)
+        direct = A.mechanics(model, inputs, layer=layer, head=1, query=5)
+        assert (m.probs - direct.probs).abs().max() <= 1e-6
+        assert (m.output - direct.output).abs().max() <= 1e-5
+        act = A.activation(trace, layer=layer)
+        assert torch.allclose(act.pre, A.activation(model, inputs, layer=layer).pre, atol=1e-6)
+    assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before

@@ -15,14 +15,17 @@ import torch
 import traitlets
 
 from .. import anatomy, codecs
+from ..trace import Trace
 from ._bundle import bundle
-from .selection import LinkedView, Selection
+from .base import View, as_trace
+from .selection import Selection
 
 
-class ActivationView(LinkedView):
+class ActivationView(View):
     """The activation function, the selected layer's pre-activations on it, regimes, and gate × up."""
 
     _esm = bundle("activation_view")
+    title = "Activation function"
 
     act_name = traitlets.Unicode("").tag(sync=True)
     note = traitlets.Unicode("").tag(sync=True)
@@ -40,15 +43,8 @@ class ActivationView(LinkedView):
     product_hist = traitlets.Bytes(b"").tag(sync=True)
     product_range = traitlets.List(traitlets.Float(), default_value=[-1.0, 1.0]).tag(sync=True)
 
-    def __init__(self, source, selection: Selection | None = None, **kwargs):
-        self._source = source
-        self._adapter = adapter = source.adapter
-        if not adapter.parts.mlp:
-            raise ValueError("this model has no MLP part nbinspect can find.")
-        anatomy.activation_module(adapter, 0)  # refuse early, with its message, when there is none
-        tokens = list(source.tokens)
-        selection = (selection or Selection()).bound_to(n_tokens=len(tokens), n_layers=adapter.n_layers)
-        super().__init__(tokens=codecs.clip_tokens(tokens), n_layers=adapter.n_layers, selection=selection, **kwargs)
+    def __init__(self, trace: Trace, selection: Selection | None = None, **kwargs):
+        super().__init__(trace, selection, **kwargs)
         self._link(("layer", "token"))
         self._act: anatomy.Activation | None = None
         selection.observe(self._moved, ["layer"])
@@ -56,6 +52,9 @@ class ActivationView(LinkedView):
 
     @classmethod
     def applies(cls, trace) -> str | None:
+        if trace.adapter.router_layers():
+            return ("a mixture-of-experts MLP applies its activation inside each expert, to that expert's tokens "
+                    "only; the activation view shows dense MLPs.")
         try:
             anatomy.activation_module(trace.adapter, 0)
         except Exception as e:  # noqa: BLE001 - the reason is shown instead of the view
@@ -66,7 +65,7 @@ class ActivationView(LinkedView):
         self._send_step()
 
     def show(self, trace) -> None:
-        self._source = trace
+        super().show(trace)
         self._act = None
         self.shown_layer = -1
         self._send_step()
@@ -74,7 +73,7 @@ class ActivationView(LinkedView):
     def activation(self) -> anatomy.Activation:
         layer = self.selection.layer
         if self._act is None or self._act.layer != layer:
-            self._act = anatomy.activation(self._source, layer=layer)
+            self._act = anatomy.activation(self.trace, layer=layer)
         return self._act
 
     def _send_step(self) -> None:
@@ -111,14 +110,11 @@ class ActivationView(LinkedView):
 def activations(model_or_trace, tokenizer=None, text: str | None = None, *, layer: int | None = None,
                 selection: Selection | None = None, parts=None) -> ActivationView:
     """Show the MLP activation function with one layer's pre-activations (a Trace, or a model, tokenizer and text)."""
-    if hasattr(model_or_trace, "replay") or isinstance(model_or_trace, anatomy.Text):
-        source = model_or_trace
-    else:
-        if tokenizer is None or text is None:
-            raise TypeError("activations(model, tokenizer, text): give the tokenizer and the text (or a Trace).")
-        source = anatomy.text(model_or_trace, tokenizer, text, parts)
-    selection = selection or Selection()
+    trace = as_trace(model_or_trace, tokenizer, text, parts=parts)
+    reason = ActivationView.applies(trace)
+    if reason is not None:
+        raise ValueError(reason)
+    selection = (selection or Selection()).bound_to(n_layers=trace.adapter.n_layers)
     if layer is not None:
-        selection.bound_to(n_layers=source.adapter.n_layers)
-        selection.layer = source.adapter.check_layer(layer)
-    return ActivationView(source, selection=selection)
+        selection.layer = trace.adapter.check_layer(layer)
+    return ActivationView(trace, selection=selection)

@@ -19,8 +19,10 @@ import torch
 import traitlets
 
 from .. import anatomy, codecs
+from ..trace import Trace
 from ._bundle import bundle
-from .selection import LinkedView, Selection
+from .base import View, as_trace
+from .selection import Selection
 
 
 def _signed(x: torch.Tensor) -> tuple[bytes, float]:
@@ -28,10 +30,11 @@ def _signed(x: torch.Tensor) -> tuple[bytes, float]:
     return codecs.to_bytes(q), float(scale)
 
 
-class AttentionMechanicsView(LinkedView):
+class AttentionMechanicsView(View):
     """One head's attention at one query, from q and k to the pattern row and the weighted values."""
 
     _esm = bundle("attention_mechanics_view")
+    title = "Attention mechanics: one head at one query"
 
     n_heads = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0)
@@ -67,19 +70,12 @@ class AttentionMechanicsView(LinkedView):
     #: View-only softmax temperature (the browser divides the logits by it; the model is not touched).
     temperature = traitlets.Float(1.0).tag(sync=True)
 
-    def __init__(self, source, selection: Selection | None = None, **kwargs):
-        self._source = source
-        self._adapter = adapter = source.adapter
-        tokens = list(source.tokens)
-        selection = (selection or Selection()).bound_to(
-            n_tokens=len(tokens), n_layers=adapter.n_layers, n_heads=adapter.n_heads
-        )
-        rotary = anatomy.rotary_of(adapter.model)
+    def __init__(self, trace: Trace, selection: Selection | None = None, **kwargs):
+        rotary = anatomy.rotary_of(trace.model)
         super().__init__(
-            tokens=codecs.clip_tokens(tokens),
-            n_layers=adapter.n_layers,
-            n_heads=adapter.n_heads,
-            selection=selection,
+            trace,
+            selection,
+            n_heads=trace.adapter.n_heads,
             has_rotary=rotary is not None,
             rotary_note=str(rotary) if rotary else "no rotary embedding: positions enter through the embeddings",
             **kwargs,
@@ -116,7 +112,8 @@ class AttentionMechanicsView(LinkedView):
 
     def show(self, trace) -> None:
         """Repaint for a new trace (e.g. after a slider edit)."""
-        self._source = trace
+        super().show(trace)
+        self._mech = None
         self.shown_of = [-1, -1, -1]
         self._send_step()
 
@@ -126,7 +123,7 @@ class AttentionMechanicsView(LinkedView):
         query = self.selection.token if self.selection.token >= 0 else len(self.tokens) - 1
         m = self._mech
         if m is None or (m.layer, m.head, m.query) != (layer, head, query):
-            self._mech = m = anatomy.mechanics(self._source, layer=layer, head=head, query=query)
+            self._mech = m = anatomy.mechanics(self.trace, layer=layer, head=head, query=query)
         return m
 
     def _send_step(self) -> None:
@@ -161,22 +158,20 @@ class AttentionMechanicsView(LinkedView):
 def attention_mechanics(model_or_trace, tokenizer=None, text: str | None = None, *, layer: int | None = None,
                         head: int | None = None, query: int | None = None, selection: Selection | None = None,
                         parts=None) -> AttentionMechanicsView:
-    """Show how one head computes its attention at one query token (a Trace, or a model, tokenizer and text)."""
-    if hasattr(model_or_trace, "replay") or isinstance(model_or_trace, anatomy.Text):
-        source = model_or_trace
-    else:
-        if tokenizer is None or text is None:
-            raise TypeError("attention_mechanics(model, tokenizer, text): give the tokenizer and the text (or a Trace).")
-        source = anatomy.text(model_or_trace, tokenizer, text, parts)
-    selection = selection or Selection()
-    selection.bound_to(n_tokens=len(source.tokens), n_layers=source.adapter.n_layers, n_heads=source.adapter.n_heads)
+    """Show how one head computes its attention at one query token (a Trace, or a model, tokenizer and text).
+
+    ``query``: the query token (default: the last). Raises ``IndexError`` for a layer, head or query out of range.
+    """
+    trace = as_trace(model_or_trace, tokenizer, text, parts=parts)
+    selection = (selection or Selection()).bound_to(n_tokens=trace.n_tokens, n_layers=trace.adapter.n_layers,
+                                                    n_heads=trace.adapter.n_heads)
     if layer is not None:
-        selection.layer = source.adapter.check_layer(layer)
+        selection.layer = trace.adapter.check_layer(layer)
     if head is not None:
-        selection.head = source.adapter.check_head(head)
+        selection.head = trace.adapter.check_head(head)
     if query is not None:
-        n = len(source.tokens)
+        n = trace.n_tokens
         if not -n <= query < n:
             raise IndexError(f"query {query} is out of range: the text has tokens 0..{n - 1}.")
         selection.token = query % n
-    return AttentionMechanicsView(source, selection=selection)
+    return AttentionMechanicsView(trace, selection=selection)

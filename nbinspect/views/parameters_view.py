@@ -29,6 +29,10 @@ class ParametersView(LinkedView):
     """Parameter inventory by kind and the focused weights' distribution against their initialisations."""
 
     _esm = bundle("parameters_view")
+    #: Heading in the dashboard. Not a trace view (it reads the weights, not a run), but it answers the
+    #: same calls: built from a Trace, a model or an Inventory; ``show`` keeps it (the weights are the model's).
+    title = "Parameters"
+    needs_gradients = False
 
     #: One entry per kind present, in anatomy.KINDS order.
     kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
@@ -209,6 +213,9 @@ class ParametersView(LinkedView):
     @classmethod
     def applies(cls, trace) -> str | None:
         return None
+
+    def show(self, trace) -> None:
+        """A new trace of the same model: the parameters are the same (edits are undone after each run)."""
 
 
 def parameters(model, *, selection: Selection | None = None, parts: ModelParts | None = None, **focus) -> ParametersView:
