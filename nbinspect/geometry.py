@@ -65,7 +65,11 @@ def pca(x: torch.Tensor, k: int = 2, *, mean: torch.Tensor | None = None) -> tup
     # Oversampling and power iterations make the leading components exact to float precision even
     # when the next eigenvalues are close (a randomized SVD with q = k would not be).
     q = min(k + 10, m, d)
-    _, s, v = torch.pca_lowrank(centred, q=q, center=False, niter=10)
+    # pca_lowrank draws a random projection: a fixed seed (on a forked RNG, leaving the user's alone)
+    # makes the same points give the same picture every time.
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        _, s, v = torch.pca_lowrank(centred, q=q, center=False, niter=10)
     components = _sign_fixed(v[:, :k])
     total = centred.pow(2).sum().clamp_min(1e-30)
     explained = s[:k].pow(2) / total
@@ -165,4 +169,22 @@ def residual_layers(record, row: int = 0) -> list[torch.Tensor]:
     return [record.residual[i].after[row] for i in sorted(record.residual)]
 
 
-__all__ = ["METHODS", "Projection", "nearest_tokens", "pca", "procrustes", "project_layers", "residual_layers", "standardise"]
+
+
+def geometry(model, tokenizer, texts, *, labels: list[str] | None = None, method: str = "pca",
+             color_by: str | None = None, selection=None, parts=None):
+    """A :class:`~nbinspect.views.geometry_view.GeometryView` of one text (a str) or several (a list, the
+    first is the main text whose tokens clicks select), each traced once without gradients."""
+    from .trace import trace
+    from .views.geometry_view import GeometryView
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("give at least one text to project.")
+    traces = [trace(model, tokenizer, t, gradients=False, parts=parts) for t in texts]
+    if color_by is None:
+        color_by = "label" if len(texts) > 1 else "position"
+    return GeometryView(traces[0], selection, method=method, color_by=color_by, others=traces[1:], labels=labels)
+
+
+__all__ = ["METHODS", "Projection", "geometry", "nearest_tokens", "pca", "procrustes", "project_layers", "residual_layers", "standardise"]

@@ -96,3 +96,57 @@ def test_nearest_tokens_by_cosine():
     assert sims[0] == pytest.approx(float(torch.nn.functional.cosine_similarity(w[0], w[4], dim=0)))
     with pytest.raises(IndexError, match="out of range"):
         nearest_tokens(w, 9)
+
+
+# --- the view -----------------------------------------------------------------------------------------
+def _view(**kw):
+    import nbinspect
+    from nbinspect.geometry import geometry
+    from tiny_models import CharTokenizer, tiny
+
+    model = tiny("llama")
+    return model, geometry(model, CharTokenizer(), ["hello world, hello there", "another text"], labels=["a", "b"], **kw)
+
+
+def test_view_sends_every_layer_as_float32_bytes():
+    model, v = _view()
+    L, n = 3, 24 + 12
+    assert v.n_points == n and v.n_main == 24 and len(v.other_tokens) == 12
+    coords = np.frombuffer(v.coords, "<f4").reshape(L, n, 2)
+    expected = project_layers(v.hidden(), "pca").coords
+    np.testing.assert_array_equal(coords, expected)
+    # The projection is of the trace's own residuals: layer 1's main-text points are record.residual[1].after.
+    torch.testing.assert_close(v.hidden()[1][:24], v.trace.record.residual[1].after[0])
+    assert v.color_by == "label" and v.color_kind == "categorical"
+    assert np.frombuffer(v.color_values, "<i4").tolist() == [0] * 24 + [1] * 12
+    assert len(v.explained) == 2 and 0 < v.explained[1] <= v.explained[0] < 1
+
+
+def test_view_colours_nearest_and_selection():
+    model, v = _view()
+    v.color_by = "position"
+    values = np.frombuffer(v.color_values, "<f4")
+    assert values[0] == 0 and values[23] == 1 and values[24] == 0 and values[-1] == 1
+    v.color_by = "neuron"
+    v.selection.layer, v.selection.neuron = 2, 7
+    acts = v.trace.record.neurons[2][0, :, 7].float()
+    got = np.frombuffer(v.color_values, "<f4")[:24]
+    peak = max(float(acts.abs().max()), float(v._others[0].record.neurons[2][0, :, 7].abs().max()))
+    np.testing.assert_allclose(got, (acts / peak).numpy(), atol=1e-6)
+    assert v.color_of == "neuron,2,7"
+    v.token = 4  # the mirrored trait and the shared selection move together
+    assert v.selection.token == 4 and v.nearest_of == 4 and len(v.nearest) == 10
+    ids, sims = nearest_tokens(model.get_input_embeddings().weight, int(v.trace.input_ids[0, 4]), 10)
+    np.testing.assert_allclose(np.frombuffer(v.nearest_cosines, "<f4"), sims.numpy(), atol=1e-6)
+    with pytest.raises(Exception, match="not known"):
+        v.method = "mds"
+
+
+def test_view_reports_projection_errors_instead_of_failing():
+    from nbinspect.geometry import geometry
+    from tiny_models import CharTokenizer, tiny
+
+    v = geometry(tiny("gpt2"), CharTokenizer(), "short", method="tsne")
+    assert "at least" in v.error
+    v.method = "pca"
+    assert v.error == "" and v.n_points == 5
