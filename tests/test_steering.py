@@ -162,3 +162,20 @@ def test_smollm2_steering_moves_the_prediction(smollm2):
     preview = steer_preview(model, tok, "The movie was", Steer(10, v, 4.0), new_tokens=4)
     assert preview.kl > 0.01
     assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("gradients", [False, True])
+def test_trace_edit_with_steer_equals_a_full_forward_under_it(gradients):
+    model, tok = tiny("llama"), CharTokenizer()
+    v = _vector()
+    t = nbinspect.trace(model, tok, TEXT, gradients=gradients)
+    steered = t.edit(Steer(1, v, 3.0))
+    with nbinspect.perturb(model, Steer(1, v, 3.0)), torch.no_grad():
+        want = model(**tok(TEXT)).logits
+    assert torch.allclose(steered.logits, want, atol=1e-5)
+    # A later edit on top keeps the steering exactly once.
+    both = steered.edit(ScaleHead(2, 0, 0.0))
+    with nbinspect.perturb(model, Steer(1, v, 3.0), ScaleHead(2, 0, 0.0)), torch.no_grad():
+        want = model(**tok(TEXT)).logits
+    assert torch.allclose(both.logits, want, atol=1e-5)
+    assert _no_hooks(model)
