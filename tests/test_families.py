@@ -225,3 +225,25 @@ def test_trace_and_its_edits_match_full_forwards(family, model):
         torch.testing.assert_close(norm(last) if norm is not None else last, expected, rtol=0, atol=TOL)
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+def test_every_registered_view_builds_or_says_why(family, model):
+    from nbinspect.views.registry import VIEWS
+
+    adapter = Adapter.of(model)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    t = nbinspect.trace(model, CharTokenizer(), "Views of every family.")
+    dash = nbinspect.inspect(t)
+    assert set(dash.views) | set(dash.skipped) == set(VIEWS) and not set(dash.views) & set(dash.skipped)
+    for name, reason in dash.skipped.items():
+        assert isinstance(reason, str) and len(reason) > 10, (name, reason)
+    if adapter.parts.neurons is not None:
+        assert "neurons" in dash.views
+    else:  # MoE: fused experts, no single down projection
+        assert "neuron" in dash.skipped["neurons"]
+    assert "attention" in dash.views and "gradients" in dash.views
+    edited = t.edit(ScaleHead(adapter.n_layers // 2, 1, 0.0))
+    for view in dash.views.values():  # what a slider move does to each view
+        view.show(edited)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
