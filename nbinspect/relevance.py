@@ -402,29 +402,45 @@ def trace_relevance(trace, rule: str = "attnlrp") -> Relevance:
 
         t = trace.target
         kind = getattr(t, "kind", "token")
-        if kind not in ("token", "contrast"):
+        if kind == "loss":
             raise ValueError(
-                f"relevance explains a token's logit (or a logit difference); this trace's target is {kind!r}. "
-                "Make the trace with target=<token> (or foil=...) to see relevance."
+                "relevance explains a logit (or a logit difference), not the loss; make the trace with "
+                "target=None (the predicted token), a token or foil=... to see relevance."
             )
+        # Token targets as ids; a function (or an encoder's state norm) as the Target's own value function.
+        target = t.token if kind in ("token", "contrast") else t.value
+        foil = t.foil if kind == "contrast" else None
         edits = tuple(getattr(trace, "edits", ()) or ())
         with model_lock(trace.model):
             with perturb(trace.model, *edits):
-                return propagate(trace.model, trace.inputs, t.token, position=t.position,
-                                 foil=t.foil if kind == "contrast" else None, rule=rule, layers=True,
-                                 parts=getattr(trace.adapter, "parts", None))
+                return propagate(trace.model, trace.inputs, target, position=t.position, foil=foil, rule=rule,
+                                 layers=True, parts=getattr(trace.adapter, "parts", None))
 
     return trace.cached(("relevance", rule), compute)
 
 
-def lrp(trace) -> np.ndarray:
-    """The attribution strip's "lrp" method: AttnLRP relevance of each input token of ``trace``."""
-    return trace_relevance(trace).tokens
+def lrp(trace, layer: int | None = None) -> np.ndarray:
+    """The attribution strip's "lrp" method: AttnLRP relevance of each token of ``trace``, float32 ``[n]``,
+    at the input embeddings (``layer=None``) or at the residual after block ``layer`` (the layer slider)."""
+    return relevance(trace, layer=layer)
 
 
-def lrp_layers(trace) -> dict[int, np.ndarray]:
-    """Layer -> relevance of each token's residual after that block (the strip's layer slider)."""
-    return trace_relevance(trace).layers
+def _rollout(trace, layer: int | None = None) -> np.ndarray:
+    from .rollout import rollout
+
+    return rollout(trace, layer=layer)
 
 
-__all__ = ["RULES", "Relevance", "lrp", "lrp_layers", "propagate", "relevance", "trace_relevance"]
+def _flow(trace, layer: int | None = None) -> np.ndarray:
+    from .rollout import flow
+
+    return flow(trace, layer=layer)
+
+
+#: Token attributions computed from a Trace, for the attribution strip: name -> ``fn(trace, layer=None)``
+#: returning float32 ``[n]`` on the host (``layer``: after that block instead of at the input). Each is
+#: cached on the trace; "flow" raises ``ValueError`` past ``rollout.FLOW_MAX_TOKENS`` tokens.
+STRIP_METHODS = {"lrp": lrp, "rollout": _rollout, "flow": _flow}
+
+
+__all__ = ["RULES", "STRIP_METHODS", "Relevance", "lrp", "propagate", "relevance", "trace_relevance"]

@@ -384,3 +384,34 @@ def test_rollout_and_flow_on_a_model():
     f = flow(model, tok, "hello there", position=5)
     assert f.shape == (11,) and float(np.abs(f[6:]).max()) == 0.0
     _assert_same(model, before)
+
+
+# --- on a Trace: what the attribution strip calls ------------------------------------------------------------
+def test_strip_methods_on_a_trace():
+    from nbinspect.relevance import STRIP_METHODS
+
+    model, tok = tiny("llama"), CharTokenizer()
+    t = nbinspect.trace(model, tok, "hello world", target=7, foil=9)
+    assert t.target.kind == "contrast"
+    direct = propagate(model, t.inputs, t.target.token, foil=t.target.foil, position=t.target.position, layers=True)
+    np.testing.assert_allclose(STRIP_METHODS["lrp"](t), direct.tokens, atol=1e-6)
+    np.testing.assert_allclose(STRIP_METHODS["lrp"](t, layer=1), direct.layers[1], atol=1e-6)
+    assert direct.target == pytest.approx(float(t.target_value), abs=1e-5)
+    roll = STRIP_METHODS["rollout"](t)
+    assert roll.shape == (11,) and roll.sum() == pytest.approx(1.0, abs=1e-5)
+    assert STRIP_METHODS["flow"](t, layer=0).shape == (11,)
+    # An edited trace is explained under its edits; the model is left as it was.
+    before = _state(model)
+    edited = t.edit(nbinspect.AblateHead(0, 1))
+    changed = STRIP_METHODS["lrp"](edited)
+    assert not np.allclose(changed, direct.tokens)
+    _assert_same(model, before)
+
+
+def test_encoder_trace_explains_the_state_norm():
+    model, tok = tiny("bert"), CharTokenizer()
+    t = nbinspect.trace(model, tok, "hello world")
+    assert t.target.kind == "state_norm"
+    r = nbinspect.relevance.trace_relevance(t, rule="cp")
+    assert r.target == pytest.approx(float(t.target_value), rel=1e-5)
+    assert abs(r.remainder) <= CP_TOLERANCE * (abs(r.target) + np.abs(r.tokens).sum() + abs(r.positions) + abs(r.biases))
