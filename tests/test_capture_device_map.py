@@ -110,6 +110,10 @@ def test_trace_and_its_edits_across_offloaded_layers(dispatched):
     edits = (ScaleHead(0, 1, 0.0), ScaleNeuron(0, 3, 2.0))
     torch.testing.assert_close(t.edit(*edits).logits, expected.edit(*edits).logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(t.edit().logits, expected.logits, rtol=0, atol=1e-5)  # nothing left applied
+    dash = nbinspect.inspect(t)  # every view reads the trace, wherever its layers ran
+    assert set(dash.views) == set(nbinspect.inspect(expected).views) and not dash.skipped
+    for view in dash.views.values():
+        view.show(t.edit(*edits))
 
 
 @pytest.mark.xfail(strict=True, raises=KeyError, reason=(
