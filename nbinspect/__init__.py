@@ -22,6 +22,8 @@ from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
 from .views.selection import Selection
+from .views.patching_view import PatchingView
+from .views.head_sweep_view import HeadSweepView
 from .views.perturb_panel import PerturbPanel, sliders
 from .residual_stream import HeadTypes, LogitAttribution, LogitLens, head_types
 from .views.block_writes_view import BlockWritesView, block_writes
@@ -96,5 +98,7 @@ __all__ = [
     "SteerPreview",
     "steer_preview",
     "steering_vector",
+    "PatchingView",
+    "HeadSweepView",
 ]
 __version__ = "0.1.0"

@@ -122,6 +122,12 @@ class PatchResult:
         """Positions where the two prompts have different tokens."""
         return [i for i, (a, b) in enumerate(zip(self.clean_tokens, self.corrupted_tokens)) if a != b]
 
+    def view(self, selection=None):
+        """These shares as a :class:`~nbinspect.views.patching_view.PatchingView` (heatmaps linked by ``selection``)."""
+        from .views.patching_view import PatchingView
+
+        return PatchingView(self, selection)
+
     def top(self, kind: str, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` cells with the largest recovered share: ``(layer, position or head, share)``."""
         s = self.share(kind)

@@ -78,6 +78,12 @@ class SweepResult:
     forwards: int = 0
     elapsed_s: float = 0.0
 
+    def view(self, selection=None):
+        """This sweep as a :class:`~nbinspect.views.head_sweep_view.HeadSweepView` (linked by ``selection``)."""
+        from .views.head_sweep_view import HeadSweepView
+
+        return HeadSweepView(self, selection)
+
     def top(self, k: int = 5, by_abs: bool = True) -> list[tuple[int, int, float]]:
         """The ``k`` heads with the largest effect (by |effect| by default): ``(layer, head, effect)``."""
         e = torch.nan_to_num(self.effect, nan=0.0)
