@@ -49,7 +49,7 @@ CLASSES = [
 ENTRY_POINTS = [
     "load", "capture", "run", "attention", "neurons", "gradient_flow", "gradient_norms", "saliency", "sliders",
     "inspect", "perturb", "ScaleHead", "ScaleNeuron", "ScaleLayer", "AddNoise", "AblateHead", "AblateNeuron",
-    "Recompute",
+    "Recompute", "trace", "Trace.edit",
 ]  # fmt: skip
 
 TEXT = "the cat sat"
@@ -109,6 +109,8 @@ def _mystery_folder() -> str:
 
 
 NOT_A_VIEW_ARGUMENT = "takes no index or number arguments"
+#: NaN weights in layer 1: views name a layer whose output (or, computed first, whose attention) is not finite.
+NAN_LAYER = "layer [12] contains NaN or infinite"
 PANEL = "perturb_panel.py (the lead's rewrite around the Trace): position is clamped, top_k unchecked"
 RECORDS_WHAT_IS_THERE = "records the model as it is: NaN activations are what it computed, not a bad input"
 
@@ -176,7 +178,7 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
         "empty": [Case(lambda m, t: nbinspect.neurons(m, t, ""), ValueError, "text is empty")],
         "one token": [Case(lambda m, t: nbinspect.neurons(m, t, "a"), None)],
         "over-long": [Case(lambda m, t: nbinspect.neurons(m, t, LONG), ValueError, "300 tokens.*at most 256")],
-        "wrong type": [Case(lambda m, t: nbinspect.neurons(m, t, None), TypeError, "text as a str"),
+        "wrong type": [Case(lambda m, t: nbinspect.neurons(m, t, None), TypeError, "text"),
                        Case(lambda m, t: nbinspect.neurons(m, t, TEXT, rank_by="mean"), ValueError, "rank_by")],
         "out-of-range index": [Case(lambda m, t: nbinspect.neurons(m, t, TEXT, layer=7), IndexError, r"layer 7.*0\.\.2"),
                                Case(lambda m, t: nbinspect.neurons(m, t, TEXT, k=0), ValueError, "k")],
@@ -189,16 +191,17 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
     },
     "gradient_flow": {
         "empty": [Case(lambda m, t: nbinspect.gradient_flow(m, t, ""), ValueError, "text is empty")],
-        "one token": [Case(lambda m, t: nbinspect.gradient_flow(m, t, "a"), ValueError, "at least two tokens"),
-                      Case(lambda m, t: nbinspect.gradient_flow(m, t, "a", target=5), None)],
+        "one token": [Case(lambda m, t: nbinspect.gradient_flow(m, t, "a"), None),  # explains the predicted token
+                      Case(lambda m, t: nbinspect.gradient_flow(m, t, "a", target=5), None),
+                      Case(lambda m, t: nbinspect.gradient_flow(m, t, "a", target="loss"), ValueError, "at least two tokens")],
         "over-long": [Case(lambda m, t: nbinspect.gradient_flow(m, t, LONG), ValueError, "300 tokens.*at most 256")],
         "wrong type": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT, target="logit"), ValueError, "target 'logit'"),
                        Case(lambda m, t: nbinspect.gradient_flow(m, t, b"the cat"), TypeError, "text as a str")],
-        "out-of-range index": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT, target=128), IndexError,
+        "out-of-range index": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT, target=128), (IndexError, ValueError),
                                     r"target token id 128.*0\.\.127")],
         "non-integer index": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT, target=5.5), TypeError, "target")],
         "NaN/inf number": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT, target=NAN), TypeError, "target")],
-        "NaN weights": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT), ValueError, "output of layer 1", "nan")],
+        "NaN weights": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT), ValueError, NAN_LAYER, "nan")],
         "non-transformer module": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT), UnsupportedModelError, "ModelParts", "linear")],
         "unsupported family": [Case(lambda m, t: nbinspect.gradient_flow(m, t, TEXT), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],
     },
@@ -253,15 +256,15 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
                                    "position", xfail=PANEL)],
         "NaN/inf number": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, top_k=INF, threaded=False), (TypeError, ValueError),
                                 "top_k", xfail=PANEL)],
-        "NaN weights": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, threaded=False), ValueError, "output of layer 1", "nan")],
+        "NaN weights": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, threaded=False), ValueError, NAN_LAYER, "nan")],
         "non-transformer module": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT), UnsupportedModelError, "ModelParts", "linear")],
         "unsupported family": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],
     },
     "inspect": {
         "empty": [Case(lambda m, t: nbinspect.inspect(m, t, ""), ValueError, "text is empty")],
-        "one token": [Case(lambda m, t: nbinspect.inspect(m, t, "a"), ValueError, "at least two tokens")],
+        "one token": [Case(lambda m, t: nbinspect.inspect(m, t, "a"), None)],
         "over-long": [Case(lambda m, t: nbinspect.inspect(m, t, LONG), ValueError, "at most 256")],
-        "wrong type": [Case(lambda m, t: nbinspect.inspect(m, t, {"text": TEXT}), TypeError, "text as a str")],
+        "wrong type": [Case(lambda m, t: nbinspect.inspect(m, t, {"text": TEXT}), TypeError, "text")],
         "out-of-range index": NOT_A_VIEW_ARGUMENT,
         "non-integer index": NOT_A_VIEW_ARGUMENT,
         "NaN/inf number": NOT_A_VIEW_ARGUMENT,
@@ -334,7 +337,111 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
         "non-transformer module": [Case(lambda m, t: Recompute(m, {"input_ids": IDS}), UnsupportedModelError, "ModelParts", "linear")],
         "unsupported family": [Case(lambda m, t: Recompute(m, {"input_ids": IDS}), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],
     },
+    "trace": {
+        "empty": [Case(lambda m, t: nbinspect.trace(m, t, ""), ValueError, "text is empty"),
+                  Case(lambda m, t: nbinspect.trace(m, t, torch.zeros(1, 0, dtype=torch.long)), ValueError, "text_or_inputs is empty")],
+        "one token": [Case(lambda m, t: nbinspect.trace(m, t, "a"), None),
+                      Case(lambda m, t: nbinspect.trace(m, t, "a", target="loss"), ValueError, "at least two tokens")],
+        "over-long": [Case(lambda m, t: nbinspect.trace(m, t, LONG), ValueError, "300 tokens.*at most 256"),
+                      Case(lambda m, t: nbinspect.trace(m, t, torch.ones(1, 257, dtype=torch.long)), ValueError, "text_or_inputs has 257")],
+        "wrong type": [Case(lambda m, t: nbinspect.trace(m, t, 123), TypeError, "text as a str"),
+                       Case(lambda m, t: nbinspect.trace(m, t, TEXT, gradients="yes"), TypeError, "gradients"),
+                       Case(lambda m, t: nbinspect.trace(m, t, torch.ones(1, 3)), TypeError, "text_or_inputs must hold integer")],
+        "out-of-range index": [Case(lambda m, t: nbinspect.trace(m, t, TEXT, position=11), IndexError, r"position 11.*0\.\.10"),
+                               Case(lambda m, t: nbinspect.trace(m, t, TEXT, target=128), ValueError, r"target token id 128.*0\.\.127"),
+                               Case(lambda m, t: nbinspect.trace(m, t, TEXT, target=3, foil=-1), ValueError, "foil token id -1"),
+                               Case(lambda m, t: nbinspect.trace(m, t, torch.tensor([[3, 900]])), ValueError, "text_or_inputs holds token id 900")],
+        "non-integer index": [Case(lambda m, t: nbinspect.trace(m, t, TEXT, position=1.5), TypeError, "position must be a whole number"),
+                              Case(lambda m, t: nbinspect.trace(m, t, TEXT, target=3.0), TypeError, "target must be a token id")],
+        "NaN/inf number": [Case(lambda m, t: nbinspect.trace(m, t, TEXT, position=NAN), TypeError, "position"),
+                           Case(lambda m, t: nbinspect.trace(m, t, TEXT, target=INF), TypeError, "target")],
+        "NaN weights": [Case(lambda m, t: nbinspect.trace(m, t, TEXT), ValueError, NAN_LAYER, "nan")],
+        "non-transformer module": [Case(lambda m, t: nbinspect.trace(m, t, TEXT), UnsupportedModelError, "ModelParts", "linear")],
+        "unsupported family": [Case(lambda m, t: nbinspect.trace(m, t, TEXT), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],
+    },
+    "Trace.edit": {
+        "empty": [Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(), None)],
+        "one token": [Case(lambda m, t: nbinspect.trace(m, t, "a").edit(AblateHead(2, 1), AddNoise(0, 0.5)), None)],
+        "over-long": "the trace holds the text (trace row)",
+        "wrong type": [Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit("AblateHead(0, 1)"), TypeError, "nbinspect.ScaleHead"),
+                       Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(ScaleLayer(0, "ffn", 0.0)), EditError, "part")],
+        "out-of-range index": [Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(AblateHead(0, 9)), EditError, r"head 9.*0\.\.3"),
+                               Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(AblateHead(1, 1), AblateNeuron(3, 0)), EditError, "layer 3")],
+        "non-integer index": [Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(ScaleHead(0.5, 0, 0.0)), EditError, "layer 0.5")],
+        "NaN/inf number": [Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(ScaleHead(0, 0, NAN)), EditError, "finite"),
+                           Case(lambda m, t: nbinspect.trace(m, t, TEXT).edit(AddNoise(1, 1e30)), ValueError, "NaN or infinite")],
+        "NaN weights": "a model with NaN weights gets no trace to edit (trace row); an edit that makes them: NaN/inf row",
+        "non-transformer module": "a trace exists only for a model nbinspect supports (trace row)",
+        "unsupported family": "a trace exists only for a model nbinspect supports (trace row)",
+    },
 }
+
+
+def text_view_row(name: str, **bad) -> dict:
+    """The rows of a view called as ``view(model, tokenizer, text, **kw)`` (or ``view(trace)``); ``bad`` gives,
+    per index/number class, ``(kwargs, error, match)`` or a reason."""
+    view = getattr(nbinspect, name)
+    row = {
+        "empty": [Case(lambda m, t: view(m, t, ""), ValueError, "text is empty")],
+        "one token": [Case(lambda m, t: view(m, t, "a"), None)],
+        "over-long": [Case(lambda m, t: view(m, t, LONG), ValueError, "300 tokens.*at most 256")],
+        "wrong type": [Case(lambda m, t: view(m, t, 42), TypeError, "text"),
+                       Case(lambda m, t: view(m, "a tokenizer", TEXT), TypeError, "tokenizer")],
+        "NaN weights": [Case(lambda m, t: view(m, t, TEXT), ValueError, NAN_LAYER, "nan")],
+        "non-transformer module": [Case(lambda m, t: view(m, t, TEXT), UnsupportedModelError, "ModelParts", "linear")],
+        "unsupported family": [Case(lambda m, t: view(m, t, TEXT), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],
+    }
+    for cls in ("out-of-range index", "non-integer index", "NaN/inf number"):
+        cell = bad.get(cls, NOT_A_VIEW_ARGUMENT)
+        row[cls] = cell if isinstance(cell, str) else [
+            Case(lambda m, t, kw=kw: view(m, t, TEXT, **kw), error, match) for kw, error, match in cell
+        ]
+    return row
+
+
+MATRIX.update(
+    activations=text_view_row(
+        "activations",
+        **{"out-of-range index": [({"layer": 3}, IndexError, r"layer 3.*0\.\.2")],
+           "non-integer index": [({"layer": 1.5}, IndexError, "layer 1.5")],
+           "NaN/inf number": [({"layer": NAN}, IndexError, "layer nan")]}),
+    attention_mechanics=text_view_row(
+        "attention_mechanics",
+        **{"out-of-range index": [({"layer": 3}, IndexError, "layer 3"), ({"head": 4}, IndexError, "head 4"),
+                                  ({"query": 11}, IndexError, "query")],
+           "non-integer index": [({"head": 0.5}, IndexError, "head 0.5"), ({"query": 1.5}, (IndexError, TypeError), "query")],
+           "NaN/inf number": [({"query": INF}, (IndexError, TypeError), "query")]}),
+    block_writes=text_view_row("block_writes"),
+    logit_attribution=text_view_row(
+        "logit_attribution",
+        **{"out-of-range index": [({"target": 128}, (IndexError, ValueError), "target token id 128")],
+           "non-integer index": [({"target": 2.5}, TypeError, "target")],
+           "NaN/inf number": [({"target": NAN}, TypeError, "target")]}),
+    logit_lens=text_view_row(
+        "logit_lens",
+        **{"out-of-range index": [({"target": 128}, (IndexError, ValueError), "target token id 128")],
+           "non-integer index": [({"target": 2.5}, TypeError, "target")],
+           "NaN/inf number": [({"target": NAN}, TypeError, "target")]}),
+)
+MATRIX["attention_mechanics"]["non-integer index"][1].xfail = (
+    "views/attention_mechanics_view.py (its author): query=1.5 raises traitlets' TraitError about 'token', not 'query'")
+ENTRY_POINTS += ["activations", "attention_mechanics", "block_writes", "logit_attribution", "logit_lens"]
+
+#: Public entry points that landed after this matrix was written, and why they have no row yet. A public
+#: function or edit class in neither MATRIX nor here fails test_every_public_entry_point_has_a_row.
+PENDING = {
+    "load_ipython_extension": "IPython calls it with its shell, not a user",
+    "compare": "two models; rows to add by its author",
+    "parameters": "reads weights only (no text); rows to add by its author",
+    "head_types": "rows to add by its author",
+    "patch": "rows to add by its author",
+    "monitor": "training hooks; rows to add by its author",
+    "head_sweep": "rows to add by its author",
+    "steer_preview": "rows to add by its author",
+    "steering_vector": "rows to add by its author",
+    "Steer": "rows to add by its author",
+}
+
 # Edit classes: the text, weight and model classes are perturb's (an edit is checked when perturb applies it).
 for _name in ("ScaleHead", "ScaleNeuron", "ScaleLayer", "AddNoise", "AblateHead", "AblateNeuron"):
     for _cls in ("empty", "one token", "over-long", "NaN weights", "non-transformer module", "unsupported family"):
@@ -434,6 +541,15 @@ CASES = [
     if isinstance(cell, list)
     for i, case in enumerate(cell)
 ]
+
+
+def test_every_public_entry_point_has_a_row():
+    public = {n for n in nbinspect.__all__ if n[0].islower() and callable(getattr(nbinspect, n))}
+    public |= {n for n in nbinspect.__all__
+               if isinstance(getattr(nbinspect, n), type) and issubclass(getattr(nbinspect, n), (nbinspect.Edit, Recompute))}
+    public |= {"AblateHead", "AblateNeuron", "Trace.edit"}
+    missing = public - set(MATRIX) - set(PENDING) - {"Edit"}
+    assert not missing, f"public entry points with no row in MATRIX (add them, or say why in PENDING): {sorted(missing)}"
 
 
 @pytest.mark.parametrize("entry, cls, i, case", CASES)
