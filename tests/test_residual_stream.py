@@ -239,7 +239,7 @@ def test_lens_view_sends_bytes_that_decode_to_the_lens():
 
     model = tiny("llama")
     view = LogitLensView(make_trace(model, CharTokenizer(), TEXT))
-    assert view.reason == "" and view.payload_bytes() > 0
+    assert view.payload_bytes() > 0 and view.title == "Logit lens"
     lens = view.lens()
     L, n, k = lens.top_ids.shape
     ids = _ints(view.vocab_ids)[_ints(view.top_tokens).long()].reshape(L, n, k)
@@ -295,8 +295,10 @@ def test_block_writes_view_and_encoders():
     bert = make_trace(tiny("bert"), CharTokenizer(), TEXT)
     for cls in (LogitLensView, LogitAttributionView):
         assert "encoder" in cls.applies(bert)
-        v = cls(bert)
-        assert "encoder" in v.reason and v.payload_bytes() >= 0
+        with pytest.raises(ValueError, match="encoder"):
+            cls(bert)
+    with pytest.raises(ValueError, match="encoder"):
+        nbinspect.logit_lens(tiny("bert"), CharTokenizer(), TEXT)
     assert BlockWritesView.applies(bert) is None
 
 
@@ -364,3 +366,25 @@ def test_views_in_jupyterlab_click_a_head_and_pick_a_target(artifacts):
         page.screenshot(path=str(artifacts / "residual_stream_views.png"), full_page=True)
         assert not errors, errors
         page.close()
+
+
+def test_views_follow_an_edited_trace():
+    from nbinspect.views.block_writes_view import BlockWritesView
+
+    model = tiny("llama")
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    lens = nbinspect.logit_lens(trace, target="h")
+    dla = nbinspect.logit_attribution(trace, selection=lens.selection)
+    writes = BlockWritesView(trace, selection=lens.selection)
+    assert lens.shown_target == ord("h") and dla.shown_target == int(trace.record.logits[0, -1].argmax())
+    edited = trace.edit(nbinspect.AblateHead(2, 1))
+    old = (bytes(lens.top_probs), bytes(dla.heads), bytes(writes.mlp))
+    for view in (lens, dla, writes):
+        view.show(edited)
+        assert view.trace is edited
+    assert float(_floats(dla.heads).reshape(3, 4)[2, 1]) == 0.0
+    assert dla.logit == pytest.approx(float(edited.record.logits[0, -1, dla.shown_target]), abs=1e-4)
+    assert bytes(lens.top_probs) != old[0]
+    before, after = _floats(old[2]).reshape(3, -1), _floats(writes.mlp).reshape(3, -1)
+    assert torch.equal(before[:2], after[:2]) and not torch.equal(before[2], after[2])  # only layer 2 re-ran
+    assert torch.allclose(_floats(writes.attention).reshape(3, -1), rs.block_writes(edited).attention)

@@ -13,14 +13,13 @@ import traitlets
 
 from .. import codecs
 from ..targets import token_id
-from .selection import LinkedView, Selection
+from .base import View
+from .selection import Selection
 
 
-class TraceView(LinkedView):
+class TraceView(View):
     """A view of one Trace with a target (and optional foil) token at one position."""
 
-    #: Why the view does not apply to this model ("" when it does); the browser shows it instead of a chart.
-    reason = traitlets.Unicode("").tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
     #: The token whose logit/probability is explained (-1: the model's prediction), set by clicks too.
     target_token = traitlets.Int(-1).tag(sync=True)
@@ -32,37 +31,20 @@ class TraceView(LinkedView):
     position = traitlets.Int(-1).tag(sync=True)
 
     def __init__(self, trace, selection: Selection | None = None, **kwargs):
-        self._trace = trace
-        self._adapter = adapter = trace.adapter
-        tokens = list(getattr(trace, "tokens", None) or getattr(trace.record, "tokens", None) or [])
-        selection = (selection or Selection()).bound_to(
-            n_tokens=len(tokens), n_layers=adapter.n_layers, n_heads=adapter.n_heads
-        )
         target = getattr(trace, "target", None)
         position = getattr(target, "position", None)
         token, foil = getattr(target, "token", None), getattr(target, "foil", None)
         super().__init__(
-            tokens=codecs.clip_tokens(tokens),
-            n_layers=adapter.n_layers,
-            n_heads=adapter.n_heads,
-            selection=selection,
-            reason=self.applies(trace) or "",
-            position=len(tokens) - 1 if position is None else int(position),
+            trace,
+            selection,
+            n_heads=trace.adapter.n_heads,
+            position=trace.n_tokens - 1 if position is None else int(position),
             target_token=-1 if token is None else int(token),
             foil_token=-1 if foil is None else int(foil),
             **kwargs,
         )
         self._link(("layer", "token"))
         self.observe(self._retargeted, ["target_token", "foil_token"])
-
-    @classmethod
-    def applies(cls, trace) -> str | None:  # pragma: no cover - each view says
-        return None
-
-    @property
-    def trace(self):
-        """The trace this view shows."""
-        return self._trace
 
     # --- the target, from Python ---------------------------------------------------------------
     @property
@@ -82,16 +64,16 @@ class TraceView(LinkedView):
         self.foil_token = -1 if value is None else self._token(value, "foil")
 
     def _token(self, value, what: str) -> int:
-        return token_id(getattr(self._trace, "tokenizer", None), value, self._vocab(), what)
+        return token_id(getattr(self.trace, "tokenizer", None), value, self._vocab(), what)
 
     def _vocab(self) -> int:
         return int(self._adapter.unembedding().weight.shape[0])
 
     def _decode(self, ids: list[int]) -> list[str]:
-        decode = getattr(self._trace, "decode", None)
+        decode = getattr(self.trace, "decode", None)
         if decode is not None:
             return list(decode(ids))
-        tokenizer = getattr(self._trace, "tokenizer", None)
+        tokenizer = getattr(self.trace, "tokenizer", None)
         return [tokenizer.decode([i]) for i in ids] if tokenizer is not None else [f"#{i}" for i in ids]
 
     def _label(self, target: int | None, foil: int | None) -> str:
@@ -101,7 +83,7 @@ class TraceView(LinkedView):
         return t if foil is None else f"{t} − {codecs.clip_tokens(self._decode([foil]))[0]!r}"
 
     def _retargeted(self, change) -> None:
-        if not self.reason and not getattr(self, "_showing", False):
+        if not getattr(self, "_showing", False):
             self._paint()
 
     def _paint(self) -> None:  # pragma: no cover - each view sends its own bytes
@@ -109,9 +91,9 @@ class TraceView(LinkedView):
 
     def show(self, trace) -> None:
         """Repaint for a new trace of the same text (after an edit, or a new target)."""
-        if trace.adapter.n_layers != self._adapter.n_layers:
+        if trace.adapter.n_layers != self._adapter.n_layers or trace.n_tokens != len(self.tokens):
             raise ValueError("show() takes a trace of the same model and text as the view's.")
-        self._trace = trace
+        super().show(trace)
         target = getattr(trace, "target", None)
         token, foil = getattr(target, "token", None), getattr(target, "foil", None)
         self._showing = True
@@ -123,5 +105,4 @@ class TraceView(LinkedView):
                 self.foil_token = -1 if foil is None else int(foil)
         finally:
             self._showing = False
-        if not self.reason:
-            self._paint()
+        self._paint()

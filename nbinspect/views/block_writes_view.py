@@ -18,7 +18,7 @@ from .. import codecs
 from .. import residual_stream as rs
 from ._bundle import bundle
 from ._trace_view import TraceView
-from .logit_lens_view import _as_trace
+from .base import as_trace
 
 SERIES = ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_mlp")
 
@@ -26,6 +26,7 @@ SERIES = ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_m
 class BlockWritesView(TraceView):
     """Norms of the residual stream and of every block's attention and MLP writes, and their cosines."""
 
+    title = "What each block writes (skip connections)"
     _esm = bundle("block_writes_view")
 
     #: float32 [layers, tokens] each (see :class:`nbinspect.residual_stream.BlockWrites`).
@@ -48,8 +49,8 @@ class BlockWritesView(TraceView):
 
     def writes(self) -> rs.BlockWrites:
         """The norms and cosines as shown (tensors on the model's device)."""
-        cached = getattr(self._trace, "cached", None)
-        compute = lambda: rs.block_writes(self._trace)  # noqa: E731
+        cached = getattr(self.trace, "cached", None)
+        compute = lambda: rs.block_writes(self.trace)  # noqa: E731
         return cached("block_writes", compute) if cached else compute()
 
     def _retargeted(self, change) -> None:
@@ -68,4 +69,4 @@ class BlockWritesView(TraceView):
 
 def block_writes(model_or_trace, tokenizer=None, text: str | None = None, *, selection=None, **trace_kwargs) -> BlockWritesView:
     """Show what each block writes into the residual stream, for a text (``model, tokenizer, text``) or a Trace."""
-    return BlockWritesView(_as_trace(model_or_trace, tokenizer, text, trace_kwargs), selection=selection)
+    return BlockWritesView(as_trace(model_or_trace, tokenizer, text, **trace_kwargs), selection=selection)

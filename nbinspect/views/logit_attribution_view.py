@@ -24,12 +24,13 @@ from .. import codecs
 from .. import residual_stream as rs
 from ._bundle import bundle
 from ._trace_view import TraceView
-from .logit_lens_view import _as_trace
+from .base import as_trace
 
 
 class LogitAttributionView(TraceView):
     """Direct logit attribution of the target at one position, per head, per MLP and for the embeddings."""
 
+    title = "Direct logit attribution"
     _esm = bundle("logit_attribution_view")
 
     #: Mirrored from the selection both ways, like ``layer`` and ``token``.
@@ -57,8 +58,7 @@ class LogitAttributionView(TraceView):
         super().__init__(trace, selection, **kwargs)
         self._link(("head",))
         self.observe(self._overlay, ["show_head_types"])
-        if not self.reason:
-            self._paint()
+        self._paint()
         if head_types is not None:
             self.show_head_types = True
 
@@ -79,9 +79,9 @@ class LogitAttributionView(TraceView):
         key = (self.target, self.foil, self.position)
         if self._attribution is None or self._key != key:
             def compute():
-                return rs.direct_logit_attribution(self._trace, target=self.target, foil=self.foil, position=self.position)
+                return rs.direct_logit_attribution(self.trace, target=self.target, foil=self.foil, position=self.position)
 
-            cached = getattr(self._trace, "cached", None)
+            cached = getattr(self.trace, "cached", None)
             self._attribution = cached(("logit_attribution", *key), compute) if cached else compute()
             self._key = key
         return self._attribution
@@ -109,14 +109,14 @@ class LogitAttributionView(TraceView):
     _types_of = None
 
     def _overlay(self, change) -> None:
-        if change["new"] and not self.reason:
+        if change["new"]:
             self._send_head_types()
 
     def types(self) -> rs.HeadTypes:
         """Head-type scores of this model (under the trace's edits), measured once when first asked for."""
         if self._head_types is None:
-            self._head_types = rs.head_types(self._trace)
-            self._types_of = self._trace
+            self._head_types = rs.head_types(self.trace)
+            self._types_of = self.trace
         return self._head_types
 
     def _send_head_types(self) -> None:
@@ -138,7 +138,7 @@ def logit_attribution(model_or_trace, tokenizer=None, text: str | None = None, *
     the predicted token); with a foil the view explains ``logit(target) − logit(foil)``. Pass
     ``head_types`` (from :func:`nbinspect.head_types`) to show the overlay at once.
     """
-    trace = _as_trace(model_or_trace, tokenizer, text, trace_kwargs)
+    trace = as_trace(model_or_trace, tokenizer, text, **trace_kwargs)
     view = LogitAttributionView(trace, selection=selection, head_types=head_types)
     if target is not None or foil is not None:
         with view.hold_trait_notifications():

@@ -21,6 +21,7 @@ from .. import codecs
 from .. import residual_stream as rs
 from ._bundle import bundle
 from ._trace_view import TraceView
+from .base import as_trace
 
 METRICS = ("top", "target_prob", "target_rank", "entropy", "kl")
 
@@ -28,6 +29,7 @@ METRICS = ("top", "target_prob", "target_rank", "entropy", "kl")
 class LogitLensView(TraceView):
     """The logit lens of one trace, as a layer × position grid."""
 
+    title = "Logit lens"
     _esm = bundle("logit_lens_view")
 
     #: What colours the cells: "top" (top token's probability), "target_prob", "target_rank", "entropy", "kl".
@@ -53,8 +55,7 @@ class LogitLensView(TraceView):
     def __init__(self, trace, selection=None, metric: str = "top", **kwargs):
         self._lenses: dict[int, rs.LogitLens] = {}
         super().__init__(trace, selection, metric=metric, **kwargs)
-        if not self.reason:
-            self._paint()
+        self._paint()
 
     @classmethod
     def applies(cls, trace) -> str | None:
@@ -71,15 +72,15 @@ class LogitLensView(TraceView):
         """The lens as shown (tensors on the model's device), for the current target."""
         target = self._target_now()
         if target not in self._lenses:
-            compute = lambda: rs.logit_lens(self._trace, k=self.k, target=target)  # noqa: E731
-            cached = getattr(self._trace, "cached", None)
+            compute = lambda: rs.logit_lens(self.trace, k=self.k, target=target)  # noqa: E731
+            cached = getattr(self.trace, "cached", None)
             self._lenses = {target: cached(("logit_lens", self.k, target), compute) if cached else compute()}
         return self._lenses[target]
 
     def _target_now(self) -> int:
         if self.target_token >= 0:
             return self.target_token
-        logits = self._trace.record.logits
+        logits = self.trace.record.logits
         return int(logits[0, self.position].argmax())
 
     def show(self, trace) -> None:
@@ -116,24 +117,10 @@ def logit_lens(model_or_trace, tokenizer=None, text: str | None = None, *, metri
     """Show the logit lens of a text (``logit_lens(model, tokenizer, text)``) or of a Trace (``logit_lens(trace)``).
 
     ``target``: a token id or a one-token string whose probability and rank the target metrics show
-    (default: the trace's target, else the predicted token). The data is on ``view.lens()``.
+    (default: the trace's target, else the predicted token). The data is on ``view.lens()``. Raises
+    ``ValueError`` with the reason for models the lens does not apply to (encoders).
     """
-    trace = _as_trace(model_or_trace, tokenizer, text, trace_kwargs)
-    view = LogitLensView(trace, selection=selection, metric=metric)
+    view = LogitLensView(as_trace(model_or_trace, tokenizer, text, **trace_kwargs), selection=selection, metric=metric)
     if target is not None:
         view.target = target
     return view
-
-
-def _as_trace(model_or_trace, tokenizer, text, trace_kwargs):
-    """A Trace as is, or one made from ``model, tokenizer, text`` (one forward, no backward)."""
-    if hasattr(model_or_trace, "record") and hasattr(model_or_trace, "adapter"):
-        if tokenizer is not None or text is not None or trace_kwargs:
-            raise TypeError("pass either a Trace, or a model, its tokenizer and a text — not both.")
-        return model_or_trace
-    if tokenizer is None or text is None:
-        raise TypeError("expected a Trace, or a model, its tokenizer and a text, e.g. logit_lens(model, tokenizer, text).")
-    from ..trace import trace as make_trace
-
-    trace_kwargs.setdefault("gradients", False)
-    return make_trace(model_or_trace, tokenizer, text, **trace_kwargs)
