@@ -213,7 +213,14 @@ async function render({ model, el: host }) {
     return i < main ? tokens[i] : model.get("other_tokens")[i - main] ?? "";
   }
 
+  let decorated = "";
   function decorate(layer) {
+    // Panning redraws every frame; the text around the plot only changes with the data, so it is left
+    // alone (no layout work) unless something it shows changed.
+    const key = [layer, model.get("method"), model.get("color_by"), model.get("color_of"), model.get("nearest_of"),
+      model.get("error"), n, coords.length].join("|");
+    if (key === decorated) return;
+    decorated = key;
     const L = Math.max(1, Math.floor(coords.length / Math.max(1, 2 * n)));
     slider.max = String(L - 1);
     slider.value = String(layer);
@@ -263,7 +270,11 @@ async function render({ model, el: host }) {
   let drag = null;
   plot.addEventListener("pointerdown", (evt) => {
     drag = { x: evt.clientX, y: evt.clientY, moved: false };
-    plot.setPointerCapture?.(evt.pointerId);
+    try {
+      plot.setPointerCapture(evt.pointerId); // keep the drag when the pointer leaves the canvas
+    } catch {
+      // synthetic events (tests, benchmarks) have no active pointer to capture
+    }
   });
   plot.addEventListener("pointermove", (evt) => {
     if (drag && (evt.buttons & 1)) {
