@@ -65,6 +65,10 @@ export function bars(ctx, f, counts, colour = "#6b9ac4") {
 
 /** A polyline through (xs[i], ys[i]); non-finite points break it. */
 export function line(ctx, f, xs, ys, colour, width = 1.5, dash = []) {
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(f.left, f.top, f.width, f.height); // a curve leaving the chart is cut at its edge
+  ctx.clip();
   ctx.strokeStyle = colour;
   ctx.lineWidth = width;
   ctx.setLineDash(dash);
@@ -83,6 +87,7 @@ export function line(ctx, f, xs, ys, colour, width = 1.5, dash = []) {
   }
   ctx.stroke();
   ctx.setLineDash([]);
+  ctx.restore();
 }
 
 /** Frame outline, zero line when in range, and end labels of both axes. */

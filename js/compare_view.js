@@ -68,8 +68,10 @@ async function render({ model, el: host }) {
       }
     }
     if (!Number.isFinite(lo)) { lo = -6; hi = log ? 0 : 1; }
+    // At least three decades: nearly equal changes get nearly equal colours, not the ends of the ramp.
+    if (log) lo = Math.min(lo, hi - 3);
     const cellW = Math.max(4, Math.min(28, Math.floor(MAX_W / Math.max(1, L))));
-    const width = LABEL_W + L * cellW + 8;
+    const width = Math.max(420, LABEL_W + L * cellW + 8);
     const height = TOP + kinds.length * CELL_H + 24;
     const ctx = sizeCanvas(canvas, width, height);
     ctx.font = FONT;
