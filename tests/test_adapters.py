@@ -178,3 +178,15 @@ def test_not_a_transformer_is_refused_by_structure_too():
         Adapter.of(Blocks())
     with pytest.raises(UnsupportedModelError, match="list of transformer blocks"):
         Adapter.of(nn.Linear(3, 3))
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("fixture", ["smollm2", "minilm"])
+def test_structure_finds_what_was_named_by_hand_in_real_models(fixture, request):
+    from nbinspect.adapters import FAMILIES, find_parts
+
+    model, _ = request.getfixturevalue(fixture)
+    parts, _ = find_parts(model)
+    hand = FAMILIES[model.config.model_type]
+    for name in ("layers", "attention", "attention_output", "neurons", "final_norm", "embedding", "router", "causal"):
+        assert getattr(parts, name) == getattr(hand, name), name
