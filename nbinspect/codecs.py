@@ -147,11 +147,6 @@ NEURON_TOP_K_MAX = 64
 NEURON_HEATMAP_MAX_ROWS = 512
 #: Bins of the per-layer activation histogram (a ~420 px wide chart: ≥ 4 px per bar at 96 bins).
 HISTOGRAM_BINS = 96
-#: All layers' neuron activations of one text stay on the model's device (float32, for exact statistics
-#: and instant layer changes) while they fit in this budget; past it only the shown layer is kept and
-#: another layer is recomputed by a forward that captures that one layer. SmolLM2 (30 × 1536 neurons)
-#: needs 23.6 MB at 128 tokens and 189 MB at 1024.
-NEURON_CACHE_MAX_BYTES = 256 * 2**20
 
 
 #: The logit lens unembeds every layer × position residual; the logits are made and reduced (top-k,
@@ -238,3 +233,8 @@ ACTIVATION_CURVE_POINTS = 256
 FRESH_COPY_MAX_BYTES = 4 * 2**30
 #: Singular values sent for one matrix (the spectrum is drawn as a line; d_model is at most a few thousand).
 MAX_SINGULAR_VALUES = 4096
+
+# --- router view (views/router_view.py) -----------------------------------------------------------
+#: Token rows of RouterView's token × expert heatmap at full resolution (one byte per cell: 1024 tokens
+#: × 128 experts = 128 KB for the shown layer); longer texts are block-max pooled to this many rows.
+ROUTER_MAX_ROWS = 1024

@@ -86,16 +86,17 @@ def test_over_budget_recomputes_the_focused_layer_and_keeps_only_it(monkeypatch)
     assert [i for i, m in lean._maps.layers.items() if m.full is not None] == [2]
 
 
-def test_set_attention_repaints_changed_layers():
+def test_show_an_edited_trace_repaints_with_the_edited_weights():
     model = tiny("llama")
-    view = nbinspect.attention(model, CharTokenizer(), TEXT, layer=1)
+    view = nbinspect.attention(model, CharTokenizer(), TEXT, layer=2)
     before_thumbs, before_focus = view.thumbnails, view.focus
-    n = len(view.tokens)
-    uniform = torch.tril(torch.ones(n, n))
-    uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None].expand(1, view.n_heads, n, n)
-    view.set_attention({1: uniform})
+    edited = view.trace.edit(nbinspect.AblateHead(1, 0))
+    view.show(edited)
     assert view.thumbnails != before_thumbs and view.focus != before_focus
-    assert (view.weights(1, 0) - uniform[0, 0]).abs().max() <= 1 / 510 + 1e-6
+    with nbinspect.perturb(model, nbinspect.AblateHead(1, 0)):
+        ref = eager_attentions(model, CharTokenizer()(TEXT)["input_ids"])
+    assert (view.weights(2, 1) - ref[2][0, 1]).abs().max() <= 1 / 510 + 1e-6
+    assert (view.weights(0, 1) - eager_attentions(model, CharTokenizer()(TEXT)["input_ids"])[0][0, 1]).abs().max() <= 1 / 510 + 1e-6
 
 
 @pytest.mark.parametrize("family", DENSE)
@@ -126,7 +127,7 @@ def test_bad_input_gets_a_clear_error():
         nbinspect.attention(model, CharTokenizer(), "y" * 300)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         nbinspect.attention("gpt2", CharTokenizer(), TEXT)
-    with pytest.raises(TypeError, match="supported families"):
+    with pytest.raises(TypeError, match="transformer blocks"):
         nbinspect.attention(torch.nn.Linear(2, 2), CharTokenizer(), TEXT)
     with pytest.raises(IndexError, match="layers 0..2"):
         nbinspect.attention(model, CharTokenizer(), TEXT, layer=3)

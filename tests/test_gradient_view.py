@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import nbinspect
+import importlib
 from nbinspect.views import gradient_view as gv
+
+trace_module = importlib.import_module("nbinspect.trace")  # the module, not nbinspect.trace the function
 from tiny_models import CharTokenizer, tiny
 
 TEXT = "gradients flow backwards"
@@ -26,21 +29,21 @@ def test_attribution_equals_manual_autograd(family):
     model = tiny(family)
     view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
     norm, gxi = manual_attribution(model, CharTokenizer()(TEXT)["input_ids"])
-    torch.testing.assert_close(view.scores("grad_norm"), norm.float(), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(view.scores("grad_x_input"), gxi.float(), rtol=1e-5, atol=1e-7)
-    assert view.strip.scores_of == "grad_x_input"
-    np.testing.assert_array_equal(np.frombuffer(view.strip.scores, dtype=np.float32), gxi.numpy())
+    torch.testing.assert_close(view.attribution("grad_norm"), norm.float(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(view.attribution("grad_x_input"), gxi.float(), rtol=1e-5, atol=1e-7)
+    assert view.scores_of == "grad_x_input"
+    np.testing.assert_array_equal(np.frombuffer(view.scores, dtype=np.float32), gxi.numpy())
     assert all(p.grad is None for p in model.parameters()) and not model.training
 
 
 def test_integrated_gradients_are_computed_when_asked_for():
     model = tiny("gpt2")
     view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
-    assert "integrated_gradients" not in view._scores  # not paid for until the user switches to it
+    assert ("attribution", "integrated_gradients") not in view.trace._cache  # not paid for until the user switches to it
     view.method = "integrated_gradients"
-    assert view.strip.scores_of == "integrated_gradients" and not view.strip.busy
-    expected = nbinspect.saliency(model, CharTokenizer()(TEXT), method="integrated_gradients", steps=gv.IG_STEPS, progress=False)[0]
-    torch.testing.assert_close(view.scores(), expected.float())
+    assert view.scores_of == "integrated_gradients" and not view.busy
+    expected = nbinspect.saliency(model, CharTokenizer()(TEXT), method="integrated_gradients", steps=trace_module.IG_STEPS, progress=False)[0]
+    torch.testing.assert_close(view.attribution(), expected.float(), rtol=1e-4, atol=1e-6)
     with pytest.raises(Exception, match="choose one of"):
         view.method = "shapley"
     assert view.method == "integrated_gradients"
@@ -48,8 +51,8 @@ def test_integrated_gradients_are_computed_when_asked_for():
 
 def test_norms_by_module_type_add_up_to_each_layer():
     model = tiny("llama")
-    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
-    for layer, total in enumerate(view.norms.layers):
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT, target="loss")
+    for layer, total in enumerate(view.trace.gradient_norms.layers):
         parts = [r["norm"] for r in view.rows if r["layer"] == layer]
         assert {r["part"] for r in view.rows if r["layer"] == layer} == {"attention", "mlp", "norm"}
         assert math.isclose(math.sqrt(sum(p * p for p in parts)), float(total), rel_tol=1e-5)
@@ -84,8 +87,8 @@ def test_clicking_a_layer_in_the_chart_selects_it_everywhere():
 
 def test_encoder_without_lm_head_uses_a_stated_target():
     view = nbinspect.gradient_flow(tiny("bert"), CharTokenizer(), TEXT)
-    assert "function of the output" in view.strip.target
-    assert view.scores().shape == (len(TEXT),)
+    assert "norm of the final state" in view.target
+    assert view.attribution().shape == (len(TEXT),)
 
 
 def test_model_left_as_it_was_even_with_existing_grads():

@@ -148,19 +148,6 @@ def test_linked_with_an_attention_view():
     assert sel.neuron == view.neuron == -1 and view.shown_layer == 1  # nothing lost
 
 
-def test_over_budget_keeps_only_the_shown_layer(monkeypatch):
-    model = tiny("gpt_neox")
-    full = nbinspect.neurons(model, CharTokenizer(), TEXT)
-    monkeypatch.setattr(codecs, "NEURON_CACHE_MAX_BYTES", 1)
-    lean = nbinspect.neurons(model, CharTokenizer(), TEXT, layer=1)
-    assert list(lean._acts.layers) == [1]
-    lean.layer = 2
-    assert list(lean._acts.layers) == [2]
-    full.layer = 2
-    assert torch.equal(lean.activations(2), full.activations(2))
-    assert lean.heatmap == full.heatmap and lean.histogram == full.histogram
-
-
 def test_transport_is_bytes_only():
     view = nbinspect.neurons(tiny("bert"), CharTokenizer(), TEXT)
     for name, value in view.get_state().items():

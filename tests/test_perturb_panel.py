@@ -11,8 +11,8 @@ import torch
 from tiny_models import CharTokenizer, tiny
 
 from nbinspect.perturb import ScaleHead, perturb
-from nbinspect.recompute import Recompute
-from nbinspect.views.perturb_panel import LatestWins, PerturbPanel, compare
+from nbinspect.codecs import dequantize
+from nbinspect.views.perturb_panel import LatestWins, compare, sliders
 
 TEXT = "attention heads"
 
@@ -65,24 +65,30 @@ def test_errors_in_the_worker_surface_in_wait():
 # --- the panel ----------------------------------------------------------------------------------------
 
 
-class FakeAttentionView:
-    """Stands in for AttentionView: keeps what set_attention was given and the busy states it saw."""
+class FakeView:
+    """Stands in for a view: keeps the traces it was shown and the busy states it saw."""
 
-    def __init__(self, recompute_like):
-        self.shown = dict(recompute_like)
+    def __init__(self, trace):
+        self.trace = trace
         self.busy = False
         self.calls = []
 
-    def set_attention(self, attention):
-        self.calls.append(sorted(attention))
-        self.shown.update(attention)
+    def show(self, trace):
+        self.calls.append(trace.from_layer)
+        self.trace = trace
+
+
+def shown_attention(trace, layer):
+    """What an attention view decodes for ``layer``: float32 [heads, q, k]."""
+    maps = trace.attention_maps.full(layer)
+    return dequantize(maps.full, maps.full_scales)
 
 
 def panel_with_view(threaded=True):
     model = tiny("llama")
-    base = Recompute(model, {"input_ids": CharTokenizer()(TEXT)["input_ids"]}, attention=True)
-    view = FakeAttentionView(base.attention)
-    panel = PerturbPanel(model, CharTokenizer(), TEXT, views=[view], threaded=threaded)
+    view = FakeView(None)
+    panel = sliders(model, CharTokenizer(), TEXT, views=[view], threaded=threaded)
+    view.trace = panel.base
     return model, panel, view
 
 
@@ -98,66 +104,65 @@ def test_200_rapid_slider_moves_end_in_the_last_values_state():
     model, panel, view = panel_with_view()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for i in range(200):
-        panel.head_layer.value = i % 3
-        panel.head.value = (i * 7) % 4
-        panel.head_factor.value = round((i % 20) * 0.1, 2)
-    panel.neuron_factor.value = 0.0
+        panel.head_layer = i % 3
+        panel.head = (i * 7) % 4
+        panel.head_factor = round((i % 20) * 0.1, 2)
+    panel.neuron_factor = 0.0
     assert panel.wait(30)
     last = panel.edits
     assert last[0] == ScaleHead(199 % 3, (199 * 7) % 4, round((199 % 20) * 0.1, 2))
-    assert panel.prediction.summary["edits"] == [repr(e) for e in last]
+    assert panel.summary["edits"] == [repr(e) for e in last]
     assert panel.scheduler.computed < panel.scheduler.submitted  # superseded work was skipped
-    assert not panel.prediction.busy and not view.busy
+    assert not panel.busy and not view.busy
     # The view shows the attention of the last edits in every layer, not only the last run's layers.
     for layer, weights in expected_attention(model, last).items():
-        assert (view.shown[layer] - weights).abs().max() <= 1e-5
+        assert (shown_attention(view.trace, layer) - weights[0]).abs().max() <= 1 / 510 + 1e-6
     # The prediction panel shows the last edits' numbers.
     with torch.no_grad(), perturb(model, *last):
         logits = model(input_ids=CharTokenizer()(TEXT)["input_ids"], use_cache=False).logits[0]
     top = logits[-1].softmax(-1).max().item()
-    assert panel.prediction.summary["positions"][-1]["after"][0][1] == pytest.approx(top, abs=1e-5)
+    assert panel.summary["positions"][-1]["after"][0][1] == pytest.approx(top, abs=1e-5)
     for k, v in model.state_dict().items():  # the model is exact between runs
         assert torch.equal(v, before[k])
 
 
 def test_reset_shows_the_original_model_again():
     model, panel, view = panel_with_view(threaded=False)
-    panel.head_factor.value = 0.0
-    panel.noise_sigma.value = 0.5
-    assert panel.prediction.summary["positions"][-1]["kl"] > 0
-    assert view.calls[-1] == [0, 1, 2]
+    panel.head_factor = 0.0
+    panel.noise_sigma = 0.5
+    assert panel.summary["positions"][-1]["kl"] > 0
+    assert view.calls[-1] == -1  # noise in layer 0 reruns everything
     panel.reset()
-    summary = panel.prediction.summary
+    summary = panel.summary
     assert summary["edits"] == []
     assert all(p["kl"] == 0 and not p["argmax_changed"] for p in summary["positions"])
     assert all(p["before"] == p["after"] for p in summary["positions"])
     for layer, weights in expected_attention(model, ()).items():
-        assert torch.equal(view.shown[layer], weights) or (view.shown[layer] - weights).abs().max() <= 1e-6
+        assert (shown_attention(view.trace, layer) - weights[0]).abs().max() <= 1 / 510 + 1e-6
 
 
 def test_moving_the_chosen_position_reuses_the_run():
     model, panel, _ = panel_with_view(threaded=False)
-    panel.head_factor.value = 0.0
-    runs = panel.recompute.runs
-    panel.position.value = 3
-    summary = panel.prediction.summary
+    panel.head_factor = 0.0
+    latest = panel.latest
+    panel.position = 3
+    summary = panel.summary
     assert [p["position"] for p in summary["positions"]] == [3, len(TEXT) - 1]
-    assert summary["from_layer"] == 3  # only the head: no layer was rerun
-    assert panel.recompute.runs == runs + 1
+    assert panel.latest is latest  # the same edits: nothing was rerun
 
 
 def test_an_encoder_shows_how_far_the_hidden_state_moved():
-    panel = PerturbPanel(tiny("bert"), CharTokenizer(), TEXT, threaded=False)
-    panel.noise_sigma.value = 0.3
-    summary = panel.prediction.summary
+    panel = sliders(tiny("bert"), CharTokenizer(), TEXT, threaded=False)
+    panel.noise_sigma = 0.3
+    summary = panel.summary
     assert "no next-token head" in summary["message"]
     assert summary["positions"][0]["relative_change"] > 0
 
 
 def test_moe_models_get_neuron_sliders_switched_off():
-    panel = PerturbPanel(tiny("mixtral"), CharTokenizer(), TEXT, threaded=False)
-    assert panel.neuron_factor.disabled
-    panel.neuron_factor.value = 0.0
+    panel = sliders(tiny("mixtral"), CharTokenizer(), TEXT, threaded=False)
+    assert panel.n_neurons == 0
+    panel.neuron_factor = 0.0
     assert panel.edits == ()
 
 
@@ -177,10 +182,10 @@ def test_the_attention_view_repaints_after_a_slider_moves():
     model, tokenizer = tiny("llama"), CharTokenizer()
     view = attention(model, tokenizer, TEXT, layer=2, head=1)
     before = view.weights(2, 1).clone()
-    panel = PerturbPanel(model, tokenizer, TEXT, views=[view])
-    panel.head_layer.value = 1
-    panel.noise_sigma.value = 1.0  # noise in layer 0 changes every later layer's attention
-    panel.head_factor.value = 0.0
+    panel = sliders(view.trace, views=[view])
+    panel.head_layer = 1
+    panel.noise_sigma = 1.0  # noise in layer 0 changes every later layer's attention
+    panel.head_factor = 0.0
     assert panel.wait(30)
     assert not view.busy
     assert not torch.equal(view.weights(2, 1), before)
@@ -192,7 +197,7 @@ def test_the_attention_view_repaints_after_a_slider_moves():
 @pytest.fixture(scope="module")
 def storm_panel():
     model = tiny("gpt2")
-    return model, PerturbPanel(model, CharTokenizer(), TEXT)
+    return model, sliders(model, CharTokenizer(), TEXT)
 
 
 moves = st.lists(
@@ -218,14 +223,14 @@ moves = st.lists(
 def test_any_storm_of_200_slider_moves_ends_in_the_last_values_state(storm_panel, moves):
     model, panel = storm_panel
     for name, value in moves:
-        getattr(panel, name).value = value
+        setattr(panel, name, value)
     assert panel.wait(60)
     edits, positions = panel.edits, panel.positions()
-    summary = panel.prediction.summary
+    summary = panel.summary
     assert summary["edits"] == [repr(e) for e in edits]
     assert [row["position"] for row in summary["positions"]] == positions
     with torch.no_grad(), perturb(model, *edits):
         logits = model(input_ids=CharTokenizer()(TEXT)["input_ids"], use_cache=False).logits[0]
     for row, position in zip(summary["positions"], positions):
         assert row["after"][0][1] == pytest.approx(logits[position].softmax(-1).max().item(), abs=1e-5)
-    assert not panel.prediction.busy
+    assert not panel.busy
