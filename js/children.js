@@ -21,12 +21,21 @@ async function moduleOf(esm) {
 }
 
 /**
- * Draw the child widget `ref` into `el` with its own ESM; returns its cleanup function.
+ * Draw the child widget `ref` into `el` with its own ESM; returns its cleanup function. `host` is the
+ * anywidget host the composite's render was given (used where the child's ESM is not in its state).
  * @returns {Promise<() => void>}
  */
-export async function renderChild(model, ref, el) {
+export async function renderChild(model, ref, el, host) {
   const child = await childModel(model, ref);
   const esm = child.get("_esm");
+  if ((typeof esm !== "string" || !esm) && host && host.getWidget) {
+    // marimo keeps a child's code out of its state: anywidget's host API (0.11+) draws it instead.
+    const id = String(ref).replace(/^IPY_MODEL_/, "");
+    const controller = new AbortController();
+    const widget = await host.getWidget(`anywidget:${id}`);
+    await widget.render({ el, signal: controller.signal });
+    return () => controller.abort();
+  }
   if (typeof esm !== "string" || !esm) {
     el.textContent = "nbinspect: this child widget has no ESM to draw it with";
     return () => {};

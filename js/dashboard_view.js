@@ -9,7 +9,7 @@ const CSS = `
 .nbi-dash .nbi-skipped { color: #666; margin: 4px 0; }
 `;
 
-async function render({ model, el: host }) {
+async function render({ model, el: host, host: anywidgetHost }) {
   const root = el("div", "nbi-dash", host);
   el("style", null, root).textContent = CSS;
   const titles = model.get("titles") || [];
@@ -26,8 +26,8 @@ async function render({ model, el: host }) {
     el("h3", null, root, "Perturb and recompute");
     panelBox = el("div", "nbi-view", root);
   }
-  const drawn = views.map((ref, i) => renderChild(model, ref, boxes[i]));
-  if (panelBox) drawn.push(renderChild(model, model.get("panel"), panelBox));
+  const drawn = views.map((ref, i) => renderChild(model, ref, boxes[i], anywidgetHost));
+  if (panelBox) drawn.push(renderChild(model, model.get("panel"), panelBox, anywidgetHost));
   for (const c of await Promise.all(drawn)) cleanups.push(c);
   model.set("painted", (model.get("painted") || 0) + 1);
   model.save_changes();

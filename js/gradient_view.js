@@ -37,11 +37,11 @@ function colour(v, scale, signed) {
   return `rgb(${mix(r)}, ${mix(g)}, ${mix(b)})`;
 }
 
-async function render({ model, el: host }) {
+async function render({ model, el: host, host: anywidgetHost }) {
   const sel = await bindSelection(model);
   METHODS = model.get("methods") || {};
   const chartBox = el("div", "nbi-grad-chart", host);
-  const chartCleanup = model.get("chart") ? await renderChild(model, model.get("chart"), chartBox) : () => {};
+  const chartCleanup = model.get("chart") ? await renderChild(model, model.get("chart"), chartBox, anywidgetHost) : () => {};
   const root = el("div", "nbi-grad", host);
   el("style", null, root).textContent = CSS;
   const bar = el("div", "nbi-bar", root);

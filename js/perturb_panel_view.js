@@ -132,7 +132,7 @@ function positionTable(parent, pos) {
   }
 }
 
-async function render({ model, el: host }) {
+async function render({ model, el: host, host: anywidgetHost }) {
   const root = el("div", "nbi-pred", host);
   el("style", null, root).textContent = CSS;
   const stopControls = controls(model, root);
@@ -173,7 +173,7 @@ async function render({ model, el: host }) {
   paintBusy();
   const views = el("div", "nbi-views", root);
   const cleanups = [];
-  for (const ref of model.get("views") || []) cleanups.push(await renderChild(model, ref, el("div", null, views)));
+  for (const ref of model.get("views") || []) cleanups.push(await renderChild(model, ref, el("div", null, views), anywidgetHost));
   return () => {
     stopControls();
     model.off("change:summary", paint);
