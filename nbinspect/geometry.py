@@ -6,9 +6,10 @@ layers must not make the cloud jump around for reasons that are not in the data,
 *stable*:
 
 - **PCA** (``torch.pca_lowrank``, on the model's device) is fitted once on the tokens of all layers
-  together, each layer first centred and scaled to unit RMS (the residual's norm grows by orders of
-  magnitude through the layers, and the last layers would otherwise set the axes alone); every layer is
-  then projected on the same two axes. Axis signs are fixed (largest loading positive) so refits agree.
+  together, each token first scaled to unit length (its direction: one token's massive activation would
+  otherwise be the first axis) and each layer centred and scaled to unit RMS (the residual's norm grows by
+  orders of magnitude through the layers, and the last layers would otherwise set the axes alone); every
+  layer is then projected on the same two axes. Axis signs are fixed (largest loading positive) so refits agree.
 - **t-SNE** (openTSNE) and **UMAP** (umap-learn) have no shared axes: each layer is fitted on its own,
   t-SNE starting from the previous layer's layout, and then aligned to the previous layer's layout by
   orthogonal Procrustes (rotation, reflection and uniform scale; no shape change).
@@ -77,8 +78,10 @@ def pca(x: torch.Tensor, k: int = 2, *, mean: torch.Tensor | None = None) -> tup
 
 
 def standardise(h: torch.Tensor) -> torch.Tensor:
-    """One layer's points [n, d], centred and scaled to unit root-mean-square norm."""
-    h = h.float()
+    """One layer's points [n, d] as directions (each scaled to unit length), centred, and scaled to unit
+    root-mean-square norm. Directions first: Llama-style models give the first token a residual hundreds of
+    times longer than the others' ("massive activations"), which would otherwise be the whole first axis."""
+    h = torch.nn.functional.normalize(h.float(), dim=-1)
     h = h - h.mean(0, keepdim=True)
     return h / h.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
 

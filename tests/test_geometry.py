@@ -39,8 +39,9 @@ def test_pca_signs_are_fixed_across_refits():
 
 def test_stable_pca_uses_one_basis_for_all_layers():
     base = _cloud(50, 16)
-    # Layer 1 is layer 0 scaled up 100x and shifted: after per-layer standardisation, the same picture.
-    layers = [base, base * 100 + 3, _cloud(50, 16, seed=1)]
+    # Layer 1 is layer 0 scaled up 100x, each token by its own factor: the same directions, the same picture.
+    factors = torch.linspace(1, 300, 50)[:, None]
+    layers = [base, base * factors, _cloud(50, 16, seed=1)]
     p = project_layers(layers, "pca")
     assert p.coords.shape == (3, 50, 2) and p.coords.dtype == np.float32
     np.testing.assert_allclose(p.coords[0], p.coords[1], atol=1e-4)
