@@ -80,7 +80,7 @@ def test_hidden_characters_in_tokens_are_drawn_visibly_and_html_stays_text(artif
                     " && !!document.querySelector('.nbi-grad').dataset.painted")
 
         # The Python side sends the labels with markers (and keeps the true text for Python users).
-        sent = json.loads(kernel(page, "print(json.dumps([dash.attention.tokens, dash.neurons.tokens, dash.gradients.strip.tokens]))"))
+        sent = json.loads(kernel(page, "print(json.dumps([dash.attention.tokens, dash.neurons.tokens, dash.gradients.tokens]))"))
         expected = ["⟨U+202E⟩evil", TOKENS[1], "a⟨U+200B⟩b", TOKENS[3], "⟨U+2066⟩x⟨U+2069⟩", TOKENS[5], "⟨U+FEFF⟩bom",
                     "⟨U+200F⟩right⟨U+200E⟩", " plain"]
         assert sent == [expected] * 3
