@@ -29,8 +29,17 @@ from .residual_stream import HeadTypes, LogitAttribution, LogitLens, head_types
 from .views.block_writes_view import BlockWritesView, block_writes
 from .views.logit_attribution_view import LogitAttributionView, logit_attribution
 from .views.logit_lens_view import LogitLensView, logit_lens
+from .relevance import Relevance, relevance
+from .rollout import rollout
+from .geometry import geometry
+from .views.geometry_view import GeometryView
 
 __all__ = [
+    "GeometryView",
+    "geometry",
+    "Relevance",
+    "relevance",
+    "rollout",
     "ActivationView",
     "activations",
     "AttentionMechanicsView",

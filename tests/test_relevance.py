@@ -412,6 +412,8 @@ def test_encoder_trace_explains_the_state_norm():
     model, tok = tiny("bert"), CharTokenizer()
     t = nbinspect.trace(model, tok, "hello world")
     assert t.target.kind == "state_norm"
-    r = nbinspect.relevance.trace_relevance(t, rule="cp")
+    from nbinspect.relevance import trace_relevance
+
+    r = trace_relevance(t, rule="cp")
     assert r.target == pytest.approx(float(t.target_value), rel=1e-5)
     assert abs(r.remainder) <= CP_TOLERANCE * (abs(r.target) + np.abs(r.tokens).sum() + abs(r.positions) + abs(r.biases))
