@@ -288,7 +288,8 @@ class capture:
             request, layers = self.requests["neurons"]
             for i in layers:
                 tokens, on_neurons = self._on_neurons(i, request)
-                hook(a.layers[i].register_forward_pre_hook(tokens, with_kwargs=True))
+                if a.parts.mlp is None:  # a down projection in the block itself (OPT's): it may see tokens flattened
+                    hook(a.layers[i].register_forward_pre_hook(tokens, with_kwargs=True))
                 hook(a.part(i, "neurons").register_forward_pre_hook(on_neurons))
         if self.requests["residual"] is not None:
             request, layers = self.requests["residual"]
