@@ -247,3 +247,19 @@ def test_every_registered_view_builds_or_says_why(family, model):
         view.show(edited)
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+def test_soft_capped_scores_equal_gemma2_eager():
+    """Under an implementation that returns no weights (flex, flash), soft-capped scores are recomputed as eager does."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    from nbinspect._attention_hook import attention_weights
+
+    attention = tiny("gemma2").model.layers[0].self_attn
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, 7, 8, generator=g) * 4 for heads in (4, 2, 2))
+    mask = torch.zeros(7, 7).masked_fill_(torch.ones(7, 7, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+    _, expected = eager_attention_forward(attention, q, k, v, mask[None, None], scaling=0.3, softcap=5.0)
+    weights = attention_weights(attention, q, k, mask[None, None], scaling=0.3, softcap=5.0)
+    torch.testing.assert_close(weights, expected, rtol=0, atol=TOL)
+    assert (attention_weights(attention, q, k, mask[None, None], scaling=0.3) - expected).abs().max() > 1e-3
