@@ -180,6 +180,17 @@ class Manager {
     }
     return this.initialized.get(model.model_id);
   }
+  // anywidget's host API (0.11+): composites may draw children through it ("anywidget:<id>" references).
+  host() {
+    const id = (ref) => String(ref).replace(/^(anywidget:|IPY_MODEL_)/, "");
+    return {
+      getModel: (ref) => this.get_model(id(ref)),
+      getWidget: async (ref) => {
+        const model = await this.get_model(id(ref));
+        return { exports: await this.widget(model), render: ({ el }) => this.render(model, el) };
+      },
+    };
+  }
   experimental(model) {
     return { invoke: async () => this.needsKernel(model, ["a call to Python"]) };
   }
@@ -198,7 +209,7 @@ class Manager {
     const w = await this.widget(model);
     if (!w) return renderCore(model, el, this);
     await this.initialize(model);
-    const done = w.render && w.render({ model, el, experimental: this.experimental(model) });
+    const done = w.render && w.render({ model, el, host: this.host(), experimental: this.experimental(model) });
     this.renders.push(done);
     return done;
   }

@@ -227,12 +227,14 @@ def test_altair_charts_go_through_vl_convert(dash):
 
 
 def test_the_mixin_gives_a_view_save_to_png_and_to_svg(model, tmp_path):
-    class SavableAttention(export.Exportable, type(nbinspect.attention(model, CharTokenizer(), "ab"))):
+    class SavableAttention(export.Exportable, nbinspect.AttentionView):
         pass
 
     base = nbinspect.attention(model, CharTokenizer(), TEXT)
-    view = SavableAttention(base._maps, list(base.tokens))
+    view = SavableAttention(base.trace)
     path = view.save(tmp_path / "x.html")
-    assert embedded(path.read_text())["root"] == view.model_id
+    doc = embedded(path.read_text())
+    assert doc["root"] == view.model_id
+    assert doc["models"][view.model_id]["state"]["tokens"] == list(base.tokens)
     assert callable(view.to_png) and callable(view.to_svg)
     torch.testing.assert_close(view.weights(), base.weights())
