@@ -3,6 +3,7 @@
 from .adapters import ModelParts, UnsupportedModelError
 from .capture import HeadOutputs, Record, Request, Residual, Routing, capture, run
 from .gradients import GradientNorms, gradient_norms, saliency
+from .export import save, to_png, to_svg
 from .loading import load
 from .magics import load_ipython_extension
 from .monitor import Monitor, TrainerCallback, monitor
@@ -82,6 +83,9 @@ __all__ = [
     "gradient_norms",
     "load",
     "load_ipython_extension",
+    "save",
+    "to_png",
+    "to_svg",
     "run",
     "saliency",
     "AblateHead",
