@@ -382,14 +382,18 @@ def test_anatomy_views_paint_in_jupyterlab(artifacts):
         for cls in ("nbi-par", "nbi-mech", "nbi-act", "nbi-cmp"):
             page.wait_for_function(f"() => document.querySelector('.{cls} canvas') !== null", timeout=60_000)
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(artifacts / "anatomy_views.png"), full_page=True)
-        for sel in (".nbi-par canvas", ".nbi-mech canvas", ".nbi-act canvas", ".nbi-cmp canvas"):
-            assert canvas_ink(page, sel) > 0.01, sel
+        for cls in ("nbi-par", "nbi-mech", "nbi-act", "nbi-cmp"):
+            view = page.locator(f".{cls}").first
+            view.scroll_into_view_if_needed()
+            view.screenshot(path=str(artifacts / f"anatomy_{cls}.png"))
+            assert canvas_ink(page, f".{cls} canvas") > 0.01, cls
         # a click on the compare heatmap's layer-2 column selects layer 2 in Python and every view
+        page.locator(".nbi-cmp canvas").scroll_into_view_if_needed()
         box = page.evaluate("() => { const c = document.querySelector('.nbi-cmp canvas'); const r = c.getBoundingClientRect();"
                             " return [r.left + Number(c.dataset.left) + 2.5 * Number(c.dataset.cellWidth), r.top + Number(c.dataset.top) + 5]; }")
         page.mouse.click(*box)
-        page.wait_for_timeout(1000)
+        page.wait_for_function("() => document.querySelector('.nbi-act .nbi-title').textContent.includes('layer 2')",
+                               timeout=60_000)
         assert kernel(page, "print(sel.layer, views[2].shown_layer, views[1].shown_of[0])").strip() == "2 2 2"
         assert not page.locator(".nbi-mech b").count()  # token text is drawn, never parsed as HTML
         assert not errors, errors
@@ -410,3 +414,27 @@ def test_mechanics_and_activation_through_a_trace_replay(family):
         act = A.activation(trace, layer=layer)
         assert torch.allclose(act.pre, A.activation(model, inputs, layer=layer).pre, atol=1e-6)
     assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before
+
+
+@pytest.mark.parametrize("where", ["inside the attention module", "after it"])
+def test_an_error_during_the_forward_leaves_no_hook_and_no_wrapper(where):
+    model = tiny("llama")
+    inputs = CharTokenizer()(TEXT)
+    before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    hooks = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
+
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    target = model.model.layers[1].self_attn.o_proj if where == "inside the attention module" else model.model.layers[1].mlp
+    handle = target.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            A.mechanics(model, inputs, layer=1, head=0)
+        with pytest.raises(RuntimeError, match="boom"):
+            A.activation(model, inputs, layer=1)
+    finally:
+        handle.remove()
+    assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before
+    assert {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()} == hooks
+    assert A.mechanics(model, inputs, layer=1, head=0).probs.sum() == pytest.approx(1.0)
