@@ -388,3 +388,15 @@ def test_views_follow_an_edited_trace():
     before, after = _floats(old[2]).reshape(3, -1), _floats(writes.mlp).reshape(3, -1)
     assert torch.equal(before[:2], after[:2]) and not torch.equal(before[2], after[2])  # only layer 2 re-ran
     assert torch.allclose(_floats(writes.attention).reshape(3, -1), rs.block_writes(edited).attention)
+
+
+def test_a_retargeted_trace_reuses_the_lens():
+    model = tiny("llama")
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    view = nbinspect.logit_lens(trace)
+    view.target_token = 104  # a click in the top-k list: the lens decodes the stream once for it
+    lens = view.lens()
+    view.show(trace.retarget(104))  # what the dashboard does next: same forward, no new unembedding
+    assert view.lens() is lens and view.shown_target == 104
+    view.show(trace.edit(nbinspect.AblateHead(0, 0)).retarget(104))
+    assert view.lens() is not lens

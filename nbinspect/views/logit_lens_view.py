@@ -84,7 +84,10 @@ class LogitLensView(TraceView):
         return int(logits[0, self.position].argmax())
 
     def show(self, trace) -> None:
-        self._lenses = {}
+        # A retargeted trace (same forward, same edits) decodes the same stream: keep the lens computed.
+        same_forward = getattr(trace, "parent", None) is self.trace and tuple(trace.edits) == tuple(self.trace.edits)
+        if not same_forward:
+            self._lenses = {}
         super().show(trace)
 
     def _paint(self) -> None:
