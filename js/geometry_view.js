@@ -14,6 +14,7 @@ const H = 440;
 const SIDE_W = 220;
 const PAD = 16;
 const POINT = 3; // px per side
+const POINT_FEW = 5;
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
 const METHODS = { pca: "PCA", tsne: "t-SNE", umap: "UMAP" };
 const COLORS = { position: "position", token: "token", neuron: "neuron", label: "text" };
@@ -173,8 +174,9 @@ async function render({ model, el: host }) {
       const b = baseTransform();
       const sx = b.s * view.scale, ox = b.ox * view.scale + view.dx, oy = b.oy * view.scale + view.dy;
       const off = layer * 2 * n;
-      const half = (POINT * dpr) >> 1;
-      const side = Math.max(1, Math.round(POINT * dpr));
+      const size = n <= 2000 ? POINT_FEW : POINT; // few points: bigger, easier to hit and to see
+      const half = (size * dpr) >> 1;
+      const side = Math.max(1, Math.round(size * dpr));
       for (let i = 0; i < n; i++) {
         const X = coords[off + 2 * i] * sx + ox;
         const Y = oy - coords[off + 2 * i + 1] * sx;
@@ -199,6 +201,11 @@ async function render({ model, el: host }) {
       ctx.fillStyle = "#111";
       ctx.font = FONT;
       ctx.fillText(fitText(ctx, label(t), 160), X + 8, Y - 6);
+    }
+    if (bounds) {
+      // Where data (x, y) lands in CSS pixels: X = x * sx + ox, Y = oy - y * sx (tests click points through it).
+      const b = baseTransform();
+      Object.assign(plot.dataset, { sx: b.s * view.scale, ox: b.ox * view.scale + view.dx, oy: b.oy * view.scale + view.dy });
     }
     const dt = performance.now() - t0;
     frames += 1;
@@ -233,8 +240,14 @@ async function render({ model, el: host }) {
     const names = model.get("color_names");
     const kind = model.get("color_kind");
     legend.textContent = kind === "categorical"
-      ? `${names.length} ${by === "label" ? "texts" : "distinct tokens"}` + (names.length <= 10 ? `: ${names.map((s) => JSON.stringify(s)).join(", ")}` : "")
+      ? `${names.length} ${by === "label" ? "texts" : "distinct tokens"}` + (names.length <= 10 ? ": " : "")
       : by === "position" ? "colour: position in the text (dark = first, yellow = last)" : names.join(" ") + " (blue < 0 < red)";
+    if (kind === "categorical" && names.length <= 10) {
+      names.forEach((name, i) => {
+        const sw = el("span", null, legend, `■ ${JSON.stringify(name)} `);
+        sw.style.color = CATEGORICAL[i % CATEGORICAL.length];
+      });
+    }
     error.textContent = model.get("error");
     const near = model.get("nearest");
     const cos = float32sOf(model.get("nearest_cosines"));

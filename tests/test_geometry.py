@@ -151,3 +151,67 @@ def test_view_reports_projection_errors_instead_of_failing():
     assert "at least" in v.error
     v.method = "pca"
     assert v.error == "" and v.n_points == 5
+
+
+# --- in the browser ---------------------------------------------------------------------------------------
+GEOMETRY_NB = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "geo", "metadata": {}, "outputs": [], "source": (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parent)!r})\n"
+        "import nbinspect\n"
+        "from tiny_models import tiny, CharTokenizer\n"
+        "model = tiny('llama')\n"
+        "view = nbinspect.geometry(model, CharTokenizer(), ['hello world, hello there', 'another text'], labels=['a', 'b'])\n"
+        "sel = view.selection\n"
+        "view"
+    )}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+@pytest.mark.browser
+def test_geometry_view_in_jupyterlab_click_selects_the_token(artifacts):
+    import json
+
+    from lab import chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
+
+    def py(page, code):
+        out = kernel(page, code)
+        assert "ERROR" not in out, out
+        return out.strip()
+
+    with jupyterlab({"geometry_test.ipynb": json.dumps(GEOMETRY_NB)}) as (url, _), chromium() as browser:
+        page = open_notebook(browser, url, "geometry_test.ipynb")
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run_all(page)
+        wait_idle_after_run(page)
+        page.wait_for_function("() => { const r = document.querySelector('.nbi-geo'); return r && r.dataset.painted; }", timeout=60_000)
+        plot = page.locator(".nbi-geo canvas.nbi-plot")
+        # Ink: the points are drawn (white background otherwise).
+        ink = plot.evaluate("""(c) => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let k = 0; for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 600) k++; return k; }""")
+        assert ink > 36 * 4, ink
+        # Click a point of the main text that no other point is within the click radius of: the kernel's
+        # selection follows, and the nearest-token list arrives.
+        t = plot.evaluate("(c) => [+c.dataset.sx, +c.dataset.ox, +c.dataset.oy]")
+        found = py(page, (
+            "c = np.frombuffer(view.coords, '<f4').reshape(3, -1, 2)[view.layer]\n"
+            f"X, Y = c[:, 0] * {t[0]} + {t[1]}, {t[2]} - c[:, 1] * {t[0]}\n"
+            "d = np.hypot(X[:, None] - X[None], Y[:, None] - Y[None])\n"
+            "alone = [i for i in range(view.n_main) if (d[i] < 7).sum() == 1 and 8 < X[i] < 550 and 8 < Y[i] < 430]\n"
+            "print(alone[0], X[alone[0]], Y[alone[0]])"
+        ))
+        token, x, y = found.split()
+        plot.click(position={"x": float(x), "y": float(y)})
+        for _ in range(100):
+            if py(page, "print(sel.token)") == token:
+                break
+            page.wait_for_timeout(100)
+        assert py(page, "print(sel.token, view.nearest_of, len(view.nearest))") == f"{token} {token} 10"
+        # Python moves the layer: the browser redraws that layer.
+        py(page, "sel.layer = 2")
+        page.wait_for_function("() => document.querySelector('.nbi-geo').dataset.layer === '2'", timeout=30_000)
+        page.locator(".nbi-geo").screenshot(path=str(artifacts / "geometry_view.png"))
+        assert not errors, errors
