@@ -553,10 +553,9 @@ class Adapter:
         path = getattr(self.parts, name)
         if path is None:
             words = _PART_WORDS.get(name, name)
-            how = "found no" if self.by_structure else "has no"
             raise UnsupportedModelError(
-                f"nbinspect {how} {words} in this {self.family!r} model ({type(self.model).__name__}), which this "
-                f"needs; name it by hand with parts=nbinspect.ModelParts({name}=...) if the model has one."
+                f"nbinspect knows no {words} in this {self.family!r} model ({type(self.model).__name__}), and this "
+                f"needs one; name it by hand with parts=nbinspect.ModelParts({name}=...) if the model has one."
             )
         return _get(self.layers[self.check_layer(layer)], path)
 
