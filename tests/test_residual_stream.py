@@ -400,3 +400,22 @@ def test_a_retargeted_trace_reuses_the_lens():
     assert view.lens() is lens and view.shown_target == 104
     view.show(trace.edit(nbinspect.AblateHead(0, 0)).retarget(104))
     assert view.lens() is not lens
+
+
+def test_in_a_dashboard_retargeting_moves_every_view(monkeypatch):
+    from nbinspect.views import registry
+    from nbinspect.views.block_writes_view import BlockWritesView
+    from nbinspect.views.dashboard import Dashboard
+    from nbinspect.views.logit_attribution_view import LogitAttributionView
+    from nbinspect.views.logit_lens_view import LogitLensView
+
+    ours = {"logit_lens": LogitLensView, "logit_attribution": LogitAttributionView, "block_writes": BlockWritesView}
+    for name, cls in ours.items():
+        monkeypatch.setitem(registry.VIEWS, name, cls)
+    trace = nbinspect.trace(tiny("gpt2"), CharTokenizer(), TEXT)
+    dash = Dashboard(trace, views=list(ours), perturb=False)
+    dash.target = "h"
+    assert dash.trace.target.token == ord("h")
+    assert dash.views["logit_lens"].shown_target == dash.views["logit_attribution"].shown_target == ord("h")
+    bert = Dashboard(nbinspect.trace(tiny("bert"), CharTokenizer(), TEXT), views=list(ours), perturb=False)
+    assert set(bert.skipped) == {"logit_lens", "logit_attribution"} and "encoder" in bert.skipped["logit_lens"]
