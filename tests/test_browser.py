@@ -124,7 +124,7 @@ def test_clicking_a_layer_in_the_gradient_chart_selects_it_everywhere(quickstart
     chart.click(position={"x": target, "y": box["height"] * 0.5})
     js_wait(page, f"{DASH_ATT}.dataset.layer === '5' && {NEURONS}.dataset.layer === '5'", 30_000)
     js_wait(page, f"{NEURONS}.dataset.painted === '5' && {DASH_ATT}.dataset.painted.startsWith('5,')", 30_000)
-    assert py(page, "print(dash.selection.layer, dash.attention.layer, dash.neurons.layer, dash.perturb.head_layer.value)") == "5 5 5 5"
+    assert py(page, "print(dash.selection.layer, dash.attention.layer, dash.neurons.layer, dash.perturb.head_layer)") == "5 5 5 5"
     page.screenshot(path=str(artifacts / "dashboard_chart_click.png"), full_page=True)
 
 
@@ -134,7 +134,7 @@ def test_setting_the_selection_from_python_moves_every_view(quickstart, artifact
     neuron = py(page, "print(dash.selection.neuron)")
     js_wait(page, f"{DASH_ATT}.dataset.painted === '8,1' && {NEURONS}.dataset.painted === '8'", 30_000)
     js_wait(page, f"{NEURONS}.dataset.neuron === '{neuron}'")
-    assert py(page, "print(dash.gradients.chart.params.current == 8, dash.perturb.neuron.value)") == f"True {neuron}"
+    assert py(page, "print(dash.gradients.chart.params.current == 8, dash.perturb.neuron)") == f"True {neuron}"
 
 
 def test_clicking_a_neuron_selects_it(quickstart):
@@ -146,7 +146,7 @@ def test_clicking_a_neuron_selects_it(quickstart):
     third = py(page, "print(int(dash.neurons.stats().indices[2]))")
     js_wait(page, f"{NEURONS}.dataset.neuron === '{third}'", 5_000)
     page.wait_for_timeout(300)
-    assert py(page, "print(dash.selection.neuron, dash.perturb.neuron.value)") == f"{third} {third}"
+    assert py(page, "print(dash.selection.neuron, dash.perturb.neuron)") == f"{third} {third}"
 
 
 # A tokenizer whose every token is an HTML payload: the views must show it as text and run nothing.
