@@ -361,13 +361,15 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
     def reduce_attention(layer, weights):
         return maps.reduce(layer, weights)
 
+    # Only the parts this model has: a view whose part is missing says so, the others still work.
+    has = {name: getattr(adapter.parts, name) is not None for name in ("attention", "attention_output", "neurons", "mlp")}
     requests = dict(
-        attention=Request(layers=layers, reduce=reduce_attention) if layers else None,
-        heads=layers or None,
-        residual=layers or None,
-        attention_out=layers or None,
-        mlp_out=layers or None,
-        neurons=layers if adapter.parts.neurons is not None and layers else None,
+        attention=Request(layers=layers, reduce=reduce_attention) if layers and has["attention"] else None,
+        heads=layers if has["attention_output"] else None,
+        residual=layers,
+        attention_out=layers if has["attention_output"] else None,
+        mlp_out=layers if has["neurons"] or has["mlp"] else None,
+        neurons=layers if has["neurons"] else None,
         router=[i for i in adapter.router_layers() if i in layers] or None,
     )
     graph_in: dict[int, torch.Tensor] = {}

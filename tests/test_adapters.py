@@ -192,9 +192,6 @@ def test_structure_finds_what_was_named_by_hand_in_real_models(fixture, request)
         assert getattr(parts, name) == getattr(hand, name), name
 
 
-@pytest.mark.xfail(strict=True, raises=UnsupportedModelError, reason=(
-    "trace() requests heads of every layer even when the model has no attention output projection nbinspect "
-    "knows; it should leave heads/attention_out out then (as it does neurons), so the other views still work."))
 def test_a_trace_of_a_model_without_a_known_output_projection_still_feeds_the_other_views():
     import nbinspect
     from tiny_models import CharTokenizer

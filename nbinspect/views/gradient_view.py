@@ -51,7 +51,7 @@ def norms_by_part(adapter: Adapter, norms: GradientNorms) -> list[dict]:
     owner = {}  # id(param) -> (layer, part)
     for i, block in enumerate(adapter.layers):
         first = lambda path: path.split(".")[0] + "."  # noqa: E731 - the block's child holding that part
-        prefixes = tuple({first(adapter.parts.attention), first(adapter.parts.attention_output)})
+        prefixes = tuple({first(path) for path in (adapter.parts.attention, adapter.parts.attention_output) if path})
         for name, module in block.named_modules():
             for p in module.parameters(recurse=False):
                 owner.setdefault(id(p), (i, _part_of(name + ".", module, prefixes)))
