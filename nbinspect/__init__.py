@@ -7,6 +7,7 @@ from .export import save, to_png, to_svg
 from .loading import load
 from .magics import load_ipython_extension
 from .monitor import Monitor, TrainerCallback, monitor
+from .moe import AblateExpert, ScaleExpert, routing
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .patching import PatchResult, patch
 from .recompute import Recompute
@@ -22,6 +23,7 @@ from .views.parameters_view import ParametersView, parameters
 from .views.dashboard import Dashboard, inspect
 from .views.gradient_view import GradientView, gradient_flow
 from .views.neuron_view import NeuronView, neurons
+from .views.router_view import RouterView
 from .views.selection import Selection
 from .views.patching_view import PatchingView
 from .views.head_sweep_view import HeadSweepView
@@ -105,6 +107,10 @@ __all__ = [
     "Monitor",
     "TrainerCallback",
     "monitor",
+    "AblateExpert",
+    "ScaleExpert",
+    "routing",
+    "RouterView",
     "SweepResult",
     "head_sweep",
     "Steer",
