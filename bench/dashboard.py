@@ -1,6 +1,14 @@
 """The dashboard on the default model: bytes sent, first paint, and linked repaints in the browser.
 
-Prints, per N in 128 and 512 tokens:
+Prints, per N in 128, 512 and 2048 tokens:
+  dashboard_ready_over_fwd_bwd_N  nbinspect.inspect(...) ready in Python ÷ one plain forward + backward of the
+                                  same input (the predicted token's logit, every parameter's gradient), same run
+  fwd_bwd_ms_N                 that plain forward + backward
+and at 2048 tokens, each in a fresh process:
+  inspect_peak_rss_mb_2048     peak resident memory of a process that loads the model and builds the dashboard
+  fwd_bwd_peak_rss_mb_2048     the same for a process that runs the plain forward + backward instead
+  forward_peak_rss_mb_2048     the same for one plain forward without gradients
+and per N in 128 and 512 tokens:
   dashboard_payload_bytes_N    data the browser receives for the first render (all views, chart, sliders)
   dashboard_code_bytes_N       JS the browser receives once per widget model (our bundles + altair's offline vega)
   dashboard_ready_ms_N         nbinspect.inspect(...) until every widget is ready (Python side)
@@ -23,6 +31,7 @@ import nbinspect  # noqa: E402
 from _common import report, text_of_tokens  # noqa: E402
 
 SIZES = (128, 512)
+READY_SIZES = (128, 512, 2048)
 
 ALL_PAINTED = """(k) => {
   const node = window.jupyterapp.shell.currentWidget.content.widgets[k].node;
@@ -57,20 +66,73 @@ CLICK_LAYER = """async ([k, layer, waitData]) => {
 }"""
 
 
+def fwd_bwd(model, inputs) -> None:
+    """The anchor: one plain forward and one backward of the predicted token's logit into every parameter."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    logits = model(**inputs, use_cache=False).logits[0, -1]
+    logits[logits.argmax()].backward()
+    model.zero_grad(set_to_none=True)
+
+
 def main():
     model, tokenizer = nbinspect.load()
-    texts = {n: text_of_tokens(tokenizer, n) for n in SIZES}
-    for n in SIZES:
-        t = time.perf_counter()
-        dash = nbinspect.inspect(model, tokenizer, texts[n])
-        dash.perturb.wait()
-        ready = (time.perf_counter() - t) * 1000
-        data, code = dash.payload_bytes()
-        report(f"dashboard_payload_bytes_{n}", data, "bytes")
-        report(f"dashboard_code_bytes_{n}", code, "bytes")
-        report(f"dashboard_ready_ms_{n}", ready, "ms")
-        del dash
+    texts = {n: text_of_tokens(tokenizer, n) for n in READY_SIZES}
+    for n in READY_SIZES:
+        inputs = tokenizer(texts[n], return_tensors="pt")
+        rounds = 3 if n <= 512 else 1
+        fwd_bwd(model, inputs)  # warm-up
+        anchors, readies = [], []
+        for _ in range(rounds):  # interleaved, so a busy moment of the machine hits both alike
+            t = time.perf_counter()
+            fwd_bwd(model, inputs)
+            anchors.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            dash = nbinspect.inspect(model, tokenizer, texts[n])
+            dash.perturb.wait()
+            readies.append(time.perf_counter() - t)
+            if n in SIZES:
+                data, code = dash.payload_bytes()
+            del dash
+        for p in model.parameters():
+            p.requires_grad_(False)
+        anchor, ready = statistics.median(anchors), statistics.median(readies)
+        report(f"fwd_bwd_ms_{n}", anchor * 1000, "ms")
+        report(f"dashboard_ready_ms_{n}", ready * 1000, "ms")
+        report(f"dashboard_ready_over_fwd_bwd_{n}", ready / anchor, "ratio")
+        if n in SIZES:
+            report(f"dashboard_payload_bytes_{n}", data, "bytes")
+            report(f"dashboard_code_bytes_{n}", code, "bytes")
+    peak_memory(texts[2048])
     browser_figures(texts)
+
+
+PEAK = """
+import json, resource, sys, nbinspect
+model, tokenizer = nbinspect.load()
+text, what = json.loads(sys.argv[1]), sys.argv[2]
+inputs = tokenizer(text, return_tensors="pt")
+if what == "inspect":
+    nbinspect.inspect(model, tokenizer, text).perturb.wait()
+elif what == "fwd_bwd":
+    logits = model(**inputs, use_cache=False).logits[0, -1]
+    logits[logits.argmax()].backward()
+else:
+    import torch
+    with torch.no_grad():
+        model(**inputs, use_cache=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_memory(text: str) -> None:
+    import subprocess
+    import sys
+
+    for what, name in (("inspect", "inspect"), ("fwd_bwd", "fwd_bwd"), ("forward", "forward")):
+        out = subprocess.run([sys.executable, "-c", PEAK, json.dumps(text), what], capture_output=True, text=True)
+        value = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+        report(f"{name}_peak_rss_mb_2048", value, "MB")
 
 
 def browser_figures(texts):

@@ -19,6 +19,10 @@ Prints one line per figure, ``name value unit``, for N = 128 and 512 tokens:
 * ``slider_to_repaint_ms_N`` — in JupyterLab + headless Chromium: the head-scale slider of a panel
   linked to an attention view is moved one step with the keyboard, as a person would; until both the
   prediction panel and the attention view have painted the new run (median of a few moves).
+* ``slider_repaint_ms_512`` — the same in the dashboard (gradients included): until every view (attention,
+  neurons, gradient strip) and the panel have painted the edited trace.
+* ``edit_compute_ms_512`` — what that move costs in Python: ``trace.with_edits`` (layers ≥ L, the head and the
+  backward), and ``slider_repaint_over_compute_512``, the first ÷ the second (goal: repaint ≤ compute + 50 ms).
 Medians of a few repeats; no assertions. Runs on CUDA when available (figures then say so).
 """
 
@@ -125,13 +129,15 @@ def bench_length(model, tokenizer, n: int, suffix: str) -> None:
     for label, views in (("", ()), ("_with_attention", None)):
         if views is None:
             views = [nbinspect.attention(model, tokenizer, text, layer=n_layers // 2)]
-        panel = nbinspect.sliders(model, tokenizer, text, views=views)
-        panel.head_layer.value = n_layers // 2
+            panel = nbinspect.sliders(views[0].trace, views=views)
+        else:
+            panel = nbinspect.sliders(model, tokenizer, text)
+        panel.head_layer = n_layers // 2
         panel.wait(600)
         factors = iter([0.0, 0.5, 0.25, 0.75, 0.1, 0.9, 0.3, 0.6, 0.2])
 
         def move():
-            panel.head_factor.value = next(factors)
+            panel.head_factor = next(factors)
             panel.wait(600)
 
         print(f"slider_to_payload{label}_ms_{tag} {1000 * median_s(move, device):.1f} ms")
@@ -139,18 +145,30 @@ def bench_length(model, tokenizer, n: int, suffix: str) -> None:
         panel.wait(600)
 
 
-SLIDER_STEP = """async ([k]) => {
+# Focus the panel's head-scale slider and note the time; the key press itself is a real one (Playwright).
+SLIDER_FOCUS = """([k]) => {
   const node = window.jupyterapp.shell.currentWidget.content.widgets[k].node;
-  const pred = node.querySelector(".nbi-pred"), att = node.querySelector(".nbi-attn");
-  const slider = [...node.querySelectorAll(".widget-slider")].find((s) => s.textContent.includes("× scale"));
-  const handle = slider.querySelector(".noUi-handle");
-  const before = +(pred.dataset.painted || 0), thumbsBefore = att.dataset.thumbsDrawnAt || "";
-  handle.focus();
-  const t0 = performance.now();
-  handle.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowLeft", keyCode: 37, which: 37, bubbles: true }));
-  while (+(pred.dataset.painted || 0) <= before || (att.dataset.thumbsDrawnAt || "") === thumbsBefore)
+  const input = node.querySelector(".nbi-pred input[name=head_factor]");
+  input.scrollIntoView();
+  input.focus();
+  const marks = { pred: node.querySelector(".nbi-pred").dataset.painted || "0" };
+  for (const cls of ["nbi-attn", "nbi-neur", "nbi-grad"]) {
+    const v = node.querySelector("." + cls);
+    if (v) marks[cls] = cls === "nbi-attn" ? v.dataset.thumbsDrawnAt || "" : v.dataset.drawnAt || "";
+  }
+  window.__nbiMarks = marks;
+  window.__nbiT0 = performance.now();
+}"""
+
+# Until the panel and every view in the cell have painted again; the latest paint minus the key press.
+SLIDER_REPAINTED = """async ([k]) => {
+  const node = window.jupyterapp.shell.currentWidget.content.widgets[k].node;
+  const pred = node.querySelector(".nbi-pred"), marks = window.__nbiMarks;
+  const stamp = (cls) => { const v = node.querySelector("." + cls); return cls === "nbi-attn" ? v.dataset.thumbsDrawnAt || "" : v.dataset.drawnAt || ""; };
+  const views = Object.keys(marks).filter((c) => c !== "pred");
+  while (+(pred.dataset.painted || 0) <= +marks.pred || views.some((c) => stamp(c) === marks[c]))
     await new Promise((r) => setTimeout(r, 2));
-  return Math.max(+pred.dataset.paintedAt, +att.dataset.thumbsDrawnAt) - t0;
+  return Math.max(+pred.dataset.paintedAt, ...views.map((c) => +stamp(c))) - window.__nbiT0;
 }"""
 
 
@@ -169,10 +187,15 @@ def browser_figures(tokenizer) -> None:
     cells = [nbformat.v4.new_code_cell(setup)] + [
         nbformat.v4.new_code_cell(
             f"v{n} = nbinspect.attention(model, tokenizer, texts['{n}'], layer=model.config.num_hidden_layers // 2)\n"
-            f"p{n} = nbinspect.sliders(model, tokenizer, texts['{n}'], views=[v{n}])\n"
-            f"p{n}.head_layer.value = model.config.num_hidden_layers // 2\np{n}.wait()\np{n}"
+            f"p{n} = nbinspect.sliders(v{n}.trace, views=[v{n}], show_views=True)\n"
+            f"p{n}.head_layer = model.config.num_hidden_layers // 2\np{n}.wait()\np{n}"
         )
         for n in LENGTHS
+    ] + [
+        nbformat.v4.new_code_cell(
+            "d = nbinspect.inspect(model, tokenizer, texts['512'])\n"
+            "d.selection.layer = model.config.num_hidden_layers // 2\nd.perturb.wait()\nd"
+        )
     ]
     nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     idle = "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'"
@@ -180,19 +203,38 @@ def browser_figures(tokenizer) -> None:
         page = open_notebook(browser, url, "bench_recompute.ipynb")
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         page.wait_for_function(
-            f"() => {{ const w = window.jupyterapp.shell.currentWidget; return w.content.model.cells.get({len(LENGTHS)}).executionCount > 0 && ({idle})(); }}",
-            timeout=300_000,
+            f"() => {{ const w = window.jupyterapp.shell.currentWidget; return w.content.model.cells.get({len(LENGTHS) + 1}).executionCount > 0 && ({idle})(); }}",
+            timeout=600_000,
         )
-        for k, n in enumerate(LENGTHS, start=1):
+        cells = [(k, f"slider_to_repaint_ms_{n}") for k, n in enumerate(LENGTHS, start=1)]
+        cells.append((len(LENGTHS) + 1, "slider_repaint_ms_512"))
+        for k, name in cells:
             page.wait_for_function(
                 "(k) => { const n = window.jupyterapp.shell.currentWidget.content.widgets[k].node; return n.querySelector('.nbi-pred')?.dataset.painted && n.querySelector('.nbi-attn')?.dataset.painted; }",
-                arg=k, timeout=120_000,
+                arg=k, timeout=180_000,
             )
             times = []
             for _ in range(REPEATS):
-                times.append(page.evaluate(SLIDER_STEP, [k]))
-                page.wait_for_function(idle, timeout=120_000)
-            print(f"slider_to_repaint_ms_{n} {statistics.median(times):.1f} ms", flush=True)
+                page.evaluate(SLIDER_FOCUS, [k])
+                page.keyboard.press("ArrowLeft")  # one step of the head-scale slider: a new edit
+                times.append(page.evaluate(SLIDER_REPAINTED, [k]))
+                page.wait_for_function(idle, timeout=180_000)
+            print(f"{name} {statistics.median(times):.1f} ms", flush=True)
+        return statistics.median(times)
+
+
+def edit_compute_ms(model, tokenizer) -> float:
+    """What the dashboard's slider move costs in Python: a head scaled at the middle layer, re-run from there
+    with the backward (the dashboard's trace has gradients), as ``Trace.with_edits`` does it."""
+    n_layers = model.config.num_hidden_layers
+    t = nbinspect.trace(model, tokenizer, text_of_tokens(tokenizer, 512))
+    factors = iter([0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
+    latest = [t.with_edits([ScaleHead(n_layers // 2, 0, 1.0 - 1e-3)])]  # as after the first move
+
+    def move():
+        latest[0] = latest[0].with_edits([ScaleHead(n_layers // 2, 0, next(factors))])
+
+    return 1000 * median_s(move, torch.device("cpu"))
 
 
 def main() -> None:
@@ -203,8 +245,11 @@ def main() -> None:
     print(f"# SmolLM2-135M on {device} ({torch.get_num_threads()} CPU threads), median of {REPEATS}", flush=True)
     for n in LENGTHS:
         bench_length(model, tokenizer, n, suffix)
+    compute = edit_compute_ms(model, tokenizer)
+    print(f"edit_compute_ms_512 {compute:.1f} ms", flush=True)
     if os.environ.get("NBINSPECT_BENCH_BROWSER", "1") == "1":
-        browser_figures(tokenizer)
+        repaint = browser_figures(tokenizer)
+        print(f"slider_repaint_over_compute_512 {repaint / compute:.3f} ratio")
     print(f"bench_wall_s {time.perf_counter() - started:.0f} s")
 
 

@@ -321,6 +321,7 @@ async function render({ model, el: host }) {
     drawStrip();
     drawHist();
     drawLegend();
+    if (ready()) root.dataset.drawnAt = String(performance.now()); // for benchmarks: data on screen
     root.dataset.layer = String(L);
     root.dataset.neuron = String(get("neuron"));
     root.dataset.token = String(get("token"));
