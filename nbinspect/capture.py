@@ -393,7 +393,8 @@ class capture:
         store = self._store(kind, layer, request)
 
         def on_output(module, args, output):
-            store(_first(output).detach())
+            # A copy: some blocks add to the returned tensor in place (Falcon: mlp_output += attention_output).
+            store(_first(output).detach().clone())
 
         return on_output
 

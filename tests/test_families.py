@@ -99,7 +99,7 @@ def test_capture_matches_eager(family, model):
             # [batch, position, d] (OPT's MLP sees the tokens flattened), cloned: Falcon adds to it in place
             lambda m, a, out, i=i: writes.__setitem__(
                 i, (out[0] if isinstance(out, tuple) else out).reshape(*IDS.shape, -1).clone())))
-    kinds = dict(attention=True, heads=True, residual=True)
+    kinds = dict(attention=True, heads=True, residual=True, attention_out=True, mlp_out=True)
     kinds["router" if moe else "neurons"] = True
     try:
         with capture(model, **kinds) as record, torch.no_grad():
@@ -126,6 +126,9 @@ def test_capture_matches_eager(family, model):
         attention_write = h.writes().sum(dim=2) + (0 if h.bias is None else h.bias)
         with torch.no_grad():
             torch.testing.assert_close(attention_write, adapter.part(i, "attention_output")(h.z), rtol=0, atol=TOL)
+        torch.testing.assert_close(record.attention_out[i], attention_write, rtol=0, atol=TOL)
+        # What the down projection (MoE: the MLP) returned, even where the block then adds to it in place.
+        torch.testing.assert_close(record.mlp_out[i].reshape(writes[i].shape), writes[i], rtol=0, atol=TOL)
         if family not in NOT_ADDITIVE:
             change = record.residual[i].after - record.residual[i].before
             torch.testing.assert_close(attention_write + writes[i], change, rtol=0, atol=TOL)
