@@ -281,7 +281,10 @@ def propagate(
         hidden = output[0] if isinstance(output, (tuple, list)) else output
         kept["layers"].append(hidden)
 
-    with _restoring(model, requires_grad=False, eval_mode=True):
+    from .perturb import model_lock
+
+    # The lock: the perturbation sliders' worker never edits weights while this forward runs.
+    with model_lock(model), _restoring(model, requires_grad=False, eval_mode=True):
         biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
         for p in biases:
             p.requires_grad_(True)  # put back by _restoring

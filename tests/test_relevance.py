@@ -181,7 +181,7 @@ def _target_fn(family):
     return None
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2", "mistral", "qwen3"])
 def test_cp_rule_is_conservative(family):
     model = with_random_biases(tiny(family))
     r = propagate(model, torch.tensor([IDS[0]]), _target_fn(family), rule="cp")
