@@ -307,7 +307,7 @@ def _stats_tensors(x: torch.Tensor, bins: int, lo=None, hi=None) -> tuple[torch.
         c = x[start:start + step]
         d = c - mean
         d2 = d * d
-        sums += torch.stack([d2.sum(dtype=torch.float64), torch.dot(d2, d).double(), torch.dot(d2, d2).double()])
+        sums += torch.stack([d2.sum(), torch.dot(d2, d), torch.dot(d2, d2)]).double()  # float32 within a block, float64 across
         counts += torch.histc(c, bins=bins, min=lo_f, max=hi_f)
         if top > 0:
             near += torch.histc(c, bins=1, min=-near_t, max=near_t)
