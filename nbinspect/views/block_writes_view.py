@@ -7,7 +7,7 @@ the skip path carries the signal through every layer, and each block adds an upd
 next to it (and often nearly orthogonal to it). Shown beside the gradient norms, it is the forward side
 of the same skip path the gradients flow back through.
 
-Bytes: six float32 [layers, tokens] maps (SmolLM2 at 128 tokens: 92 KB).
+Bytes: five float32 [layers, tokens] maps (SmolLM2 at 128 tokens: 77 KB).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from ._bundle import bundle
 from ._trace_view import TraceView
 from .base import as_trace
 
-SERIES = ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_mlp")
+#: What travels: the stream entering layer l is the one leaving layer l - 1, so only what leaves is sent.
+SERIES = ("stream_out", "attention", "mlp", "cos_attention", "cos_mlp")
 
 
 class BlockWritesView(TraceView):
@@ -30,7 +31,6 @@ class BlockWritesView(TraceView):
     _esm = bundle("block_writes_view")
 
     #: float32 [layers, tokens] each (see :class:`nbinspect.residual_stream.BlockWrites`).
-    stream_in = traitlets.Bytes(b"").tag(sync=True)
     stream_out = traitlets.Bytes(b"").tag(sync=True)
     attention = traitlets.Bytes(b"").tag(sync=True)
     mlp = traitlets.Bytes(b"").tag(sync=True)
