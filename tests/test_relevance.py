@@ -48,47 +48,60 @@ def _lxt_dir() -> str:
 
 LXT_SCRIPT = r"""
 import importlib, json, sys, types
-lxt_dir, family, seed, ids_json, real = sys.argv[1:6]
+lxt_dir, cases_json = sys.argv[1:3]
 sys.path.insert(0, {tests!r})
 import torch, torch.nn as nn, transformers
 # lxt.efficient.models' __init__ imports torchvision (for ViT) and a BERT copy for transformers 4:
-# load the two patch maps we compare against without that package __init__.
+# load the patch maps we compare against without that package __init__.
 for name in ("lxt.efficient", "lxt.efficient.models"):
     pkg = types.ModuleType(name)
     pkg.__path__ = [lxt_dir + "/" + name.split(".", 1)[1].replace(".", "/")]
     sys.modules[name] = pkg
-patch_map = importlib.import_module("lxt.efficient.models." + family).attnLRP
-modeling = importlib.import_module(f"transformers.models.{{family}}.modeling_{{family}}")
-interface = modeling.ALL_ATTENTION_FUNCTIONS
-for target, patch in patch_map.items():
-    assert patch(target), target
-modeling.ALL_ATTENTION_FUNCTIONS = interface  # lxt swaps in a dict; eager runs lxt's wrapped function
-if real == "1":
-    import nbinspect
-    model, _ = nbinspect.load(device="cpu")
-else:
-    from tiny_models import tiny
-    model = tiny(family, seed=int(seed))
-model.set_attn_implementation("eager")
-model.eval()
-for p in model.parameters():
-    p.requires_grad_(False)
-ids = torch.tensor(json.loads(ids_json))
-emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-logits = model(inputs_embeds=emb).logits[0, -1]
-token = int(logits.argmax())
-logits[token].backward()
-print(json.dumps({{"tokens": (emb * emb.grad).sum(-1)[0].tolist(), "target": float(logits[token]), "token": token}}))
+patched = set()
+results = []
+for family, seed, ids, real in json.loads(cases_json):
+    if family not in patched:
+        patch_map = importlib.import_module("lxt.efficient.models." + family).attnLRP
+        modeling = importlib.import_module(f"transformers.models.{{family}}.modeling_{{family}}")
+        interface = modeling.ALL_ATTENTION_FUNCTIONS
+        for target, patch in patch_map.items():
+            patch(target)  # False for torch classes another family's map already patched
+        modeling.ALL_ATTENTION_FUNCTIONS = interface  # lxt swaps in a dict; eager runs lxt's wrapped function
+        patched.add(family)
+    if real:
+        import nbinspect
+        model, _ = nbinspect.load(device="cpu")
+    else:
+        from tiny_models import tiny
+        model = tiny(family, seed=seed)
+    model.set_attn_implementation("eager")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = torch.tensor(ids)
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb).logits[0, -1]
+    token = int(logits.argmax())
+    logits[token].backward()
+    results.append({{"tokens": (emb * emb.grad).sum(-1)[0].tolist(), "target": float(logits[token]), "token": token}})
+print(json.dumps(results))
 """.format(tests=str(TESTS))
 
 
-def lxt_relevance(family: str, ids, seed: int = 0, real: bool = False) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", LXT_SCRIPT, _lxt_dir(), family, str(seed), json.dumps(ids), "1" if real else "0"],
-        capture_output=True, text=True, timeout=300,
-    )
+def lxt_relevance(cases) -> list[dict]:
+    """lxt's relevances for ``cases`` = [(family, seed, ids [batch, n], real)], in one subprocess."""
+    out = subprocess.run([sys.executable, "-c", LXT_SCRIPT, _lxt_dir(), json.dumps(cases)],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TINY_CASES = [(family, seed, [IDS[seed]], False) for family in ("llama", "gpt2") for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def lxt_tiny():
+    return dict(zip([(f, s) for f, s, _, _ in TINY_CASES], lxt_relevance(TINY_CASES)))
 
 
 def pearson(a, b) -> float:
@@ -108,9 +121,9 @@ def with_random_biases(model, seed=1):
 # --- agreement with lxt --------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_tokens_match_lxt(family, seed):
+def test_tokens_match_lxt(family, seed, lxt_tiny):
     ids = IDS[seed]
-    ref = lxt_relevance(family, [ids], seed=seed)
+    ref = lxt_tiny[family, seed]
     ours = propagate(tiny(family, seed=seed), torch.tensor([ids]), None)
     assert ours.target == pytest.approx(ref["target"], rel=1e-4, abs=1e-5)
     assert pearson(ours.tokens, ref["tokens"]) >= 0.99
@@ -313,7 +326,7 @@ def test_smollm2_matches_lxt_and_is_nearly_conservative(smollm2):
     model, tokenizer = smollm2
     text = "The capital of France is Paris. The capital of Italy is"
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    ref = lxt_relevance("llama", ids.tolist(), real=True)
+    (ref,) = lxt_relevance([("llama", 0, ids.tolist(), True)])
     with torch.no_grad():
         t0 = time.perf_counter()
         model(input_ids=ids)
