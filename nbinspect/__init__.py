@@ -7,6 +7,8 @@ from .export import save, to_png, to_svg
 from .loading import load
 from .magics import load_ipython_extension
 from .monitor import Monitor, TrainerCallback, monitor
+from .generation import generate
+from .views.generation_view import GenerationView
 from .moe import AblateExpert, ScaleExpert, routing
 from .perturb import AblateHead, AblateNeuron, AddNoise, Edit, EditError, ScaleHead, ScaleLayer, ScaleNeuron, perturb
 from .patching import PatchResult, patch
@@ -107,6 +109,8 @@ __all__ = [
     "Monitor",
     "TrainerCallback",
     "monitor",
+    "generate",
+    "GenerationView",
     "AblateExpert",
     "ScaleExpert",
     "routing",

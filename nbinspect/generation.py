@@ -1,0 +1,221 @@
+"""Watch a model generate: what it looked at, and which tokens it weighed, for every new token.
+
+``view = nbinspect.generate(model, tokenizer, prompt, max_new_tokens=32)`` runs the model's own
+``generate`` (its KV cache, greedy or sampling with the usual keyword arguments) in a background thread
+and returns at once; steps appear in the view while the model is still generating, and
+``view.stop()`` ends it early. Step ``s`` is the forward pass that chose generated token ``s``: it reads
+the last token so far (the whole prompt at step 0) and records, for that last position only:
+
+- its attention to every earlier token, every layer and head (uint8, one scale per layer and head, so
+  each weight is within scale / 510 of the true one);
+- the residual stream after every block (float16), from which the **logit lens** (each layer's
+  residual through the final norm and the unembedding) is computed for the steps that are looked at —
+  computing it for every step would cost a full unembedding per layer per token, more than the model;
+- the MLP neuron activations of every layer (float16; models with a single down projection);
+- the top-k next-token candidates with their probabilities (after the sampling processors, so what the
+  model actually drew from), and the token chosen.
+
+All of it is a few hundred KB per step at most and stays in Python; the view receives one step at a
+time. Hooks are removed, and the model left as it was, when generation ends, fails or is stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, ModelParts
+from .capture import Request, capture
+from .inputs import encode, token_strings
+from .perturb import model_lock
+
+#: Candidates kept per step (the view lists them with their probabilities).
+TOP_K = 10
+
+
+@dataclass
+class Step:
+    """One generated token and what the model did to choose it (host tensors).
+
+    token: the chosen id; text: its text; candidates / probs: the top-k ids and probabilities;
+    chosen_prob: the probability the chosen token had;
+    attention: uint8 [layers, heads, positions] of the last position's attention, with scales float32
+    [layers, heads]; residual: float16 [layers, d_model] after each block; neurons: float16
+    [layers, d_mlp] or None.
+    """
+
+    token: int
+    text: str
+    candidates: torch.Tensor
+    probs: torch.Tensor
+    attention: torch.Tensor
+    attention_scale: torch.Tensor
+    residual: torch.Tensor
+    neurons: torch.Tensor | None
+    chosen_prob: float = float("nan")
+
+
+@dataclass
+class Generation:
+    """A generation run: the prompt, the steps so far, and the thread producing them."""
+
+    model: nn.Module
+    tokenizer: object
+    adapter: Adapter
+    prompt_ids: torch.Tensor
+    prompt_tokens: list[str]
+    steps: list[Step] = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
+    seconds: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _listeners: list = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[str]:
+        """Prompt tokens followed by the generated ones."""
+        return self.prompt_tokens + [s.text for s in self.steps]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids[0].tolist() + [s.token for s in self.steps]
+
+    def stop(self) -> None:
+        """Ask generation to end after the current step (it keeps what it has)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> Generation:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def logit_lens(self, step: int, k: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each layer's residual at ``step`` through the final norm and the unembedding.
+
+        Returns (top ids int64 [layers, k], their probabilities float32 [layers, k], the probability of
+        the token finally chosen at that step, float32 [layers]).
+        """
+        s = self.steps[step]
+        head, norm = self.adapter.unembedding(), self.adapter.final_norm()
+        if head is None:
+            raise ValueError("the logit lens needs an output head (unembedding); this model has none.")
+        weight = head.weight
+        with torch.no_grad():
+            x = s.residual.to(weight.device, weight.dtype)
+            if norm is not None:
+                x = norm(x)
+            probs = torch.softmax(head(x).float(), dim=-1)
+        top = probs.topk(k, dim=-1)
+        return top.indices.cpu(), top.values.cpu(), probs[:, s.token].cpu()
+
+
+def _last_position(layer, value):
+    return value[0, -1].to(torch.float16)
+
+
+def _attention_row(layer, weights):
+    """[batch, heads, query, key] -> the last query's row as uint8 with one scale per head."""
+    row = weights[0, :, -1, :].float()
+    scale = row.amax(-1).clamp_min(1e-12)
+    return (row / scale[:, None] * 255).round_().to(torch.uint8), scale
+
+
+def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generate_kwargs: dict) -> None:
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    adapter, model = gen.adapter, gen.model
+    pending: dict = {}
+    requests = dict(attention=Request(reduce=_attention_row), residual=Request(reduce=_last_position))
+    if adapter.parts.neurons is not None:
+        requests["neurons"] = Request(reduce=_last_position)
+
+    class Candidates(LogitsProcessor):
+        """Runs after the sampling processors: sees the scores the next token is drawn from; changes nothing."""
+
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores[0].float(), dim=-1)
+            top = probs.topk(min(top_k, probs.shape[-1]))
+            pending["top"] = (top.indices.cpu(), top.values.cpu())
+            pending["probs"] = probs
+            return scores
+
+    class Recorded(StoppingCriteria):
+        """Called once per new token, after it is chosen: file the step, and stop when asked."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            token = int(input_ids[0, -1])
+            n = adapter.n_layers
+            rows = [record.attention[i] for i in range(n)]
+            width = max(r[0].shape[-1] for r in rows)
+            attention = torch.zeros(n, adapter.n_heads, width, dtype=torch.uint8)
+            for i, (q, _) in enumerate(rows):
+                attention[i, :, : q.shape[-1]] = q.cpu()
+            scales = torch.stack([r[1].cpu() for r in rows])
+            residual = torch.stack([record.residual[i].after.cpu() for i in range(n)])
+            neurons = torch.stack([record.neurons[i].cpu() for i in range(n)]) if record.neurons else None
+            ids, probs = pending.pop("top")
+            text = token_strings(gen.tokenizer, torch.tensor([[token]]))[0]
+            chosen = float(pending.pop("probs")[token])
+            gen.steps.append(Step(token, text, ids, probs, attention, scales, residual, neurons, chosen))
+            for listener in list(gen._listeners):
+                listener(len(gen.steps) - 1)
+            return torch.full((input_ids.shape[0],), gen._stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    start = time.perf_counter()
+    try:
+        with model_lock(model), capture(model, logits=False, **requests) as record, torch.no_grad():
+            model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                logits_processor=LogitsProcessorList([Candidates()]),
+                stopping_criteria=StoppingCriteriaList([Recorded()]),
+                **generate_kwargs,
+            )
+    except BaseException as e:  # the view shows it and wait() raises it
+        gen.error = e
+    finally:
+        gen.seconds = time.perf_counter() - start
+        gen.done = True
+        for listener in list(gen._listeners):
+            listener(-1)
+
+
+def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
+                     background: bool = True, parts: ModelParts | None = None, **generate_kwargs) -> Generation:
+    """Start generating (see the module docs); returns the :class:`Generation` filling up."""
+    adapter = Adapter.of(model, parts)
+    if adapter.unembedding() is None:
+        raise ValueError(f"a {adapter.family!r} model without a language-modelling head cannot generate text.")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number ≥ 1, got {max_new_tokens!r}.")
+    inputs = encode(tokenizer, prompt, adapter)
+    gen = Generation(model, tokenizer, adapter, inputs["input_ids"], token_strings(tokenizer, inputs["input_ids"]))
+    generate_kwargs.setdefault("pad_token_id", getattr(tokenizer, "pad_token_id", None) or getattr(model.generation_config, "eos_token_id", None) or 0)
+    args = (gen, inputs, max_new_tokens, top_k, generate_kwargs)
+    if background:
+        gen._thread = threading.Thread(target=_run, args=args, name="nbinspect-generate", daemon=True)
+        gen._thread.start()
+    else:
+        _run(*args)
+    return gen
+
+
+def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
+             background: bool = True, parts: ModelParts | None = None, **generate_kwargs):
+    """Generate from ``prompt`` with the model's KV cache and show every step live (a :class:`GenerationView`).
+
+    ``generate_kwargs`` go to ``model.generate`` (``do_sample=True, temperature=0.8, top_p=0.9`` …).
+    ``background=False`` returns only when generation is done. ``view.stop()`` ends it early.
+    """
+    from .views.generation_view import GenerationView
+
+    gen = start_generation(model, tokenizer, prompt, max_new_tokens, top_k=top_k, background=background, parts=parts,
+                           **generate_kwargs)
+    return GenerationView(gen)

@@ -1,0 +1,105 @@
+"""nbinspect.generate on tiny random models: the same tokens as the model's own generate (greedy and seeded
+sampling), each step's candidates, attention row and logit lens against a plain forward over the sequence
+so far, live steps and stopping, and the model left without hooks."""
+
+import threading
+
+import pytest
+import torch
+from tiny_models import CharTokenizer, tiny
+
+import nbinspect
+from nbinspect.adapters import Adapter
+from nbinspect.generation import start_generation
+
+PROMPT = "Once upon a time"
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _plain(model, n, **kw):
+    ids = CharTokenizer()(PROMPT)
+    return model.generate(**ids, max_new_tokens=n, pad_token_id=0, **kw)[0, ids["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_greedy_steps_match_a_plain_forward_of_the_sequence_so_far(family):
+    model = tiny(family)
+    hooks = _hooks(model)
+    view = nbinspect.generate(model, CharTokenizer(), PROMPT, max_new_tokens=5, top_k=4).wait()
+    gen = view.generation
+    assert [s.token for s in gen.steps] == _plain(model, 5, do_sample=False)
+    assert _hooks(model) == hooks and not view.running and view.error == ""
+    adapter = Adapter.of(model)
+    for index, s in enumerate(gen.steps):
+        ids = torch.tensor([gen.ids[: len(gen.prompt_tokens) + index]])
+        with nbinspect.capture(model, attention=True, residual=True) as rec, torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1]
+        probs = torch.softmax(logits.float(), -1)
+        top = probs.topk(4)
+        assert s.candidates[0] == s.token and s.candidates.tolist() == top.indices.tolist()
+        torch.testing.assert_close(s.probs, top.values, rtol=1e-4, atol=1e-6)
+        assert s.chosen_prob == pytest.approx(float(probs[s.token]), rel=1e-4)
+        for layer in range(adapter.n_layers):
+            row = rec.attention[layer][0, :, -1, :]
+            decoded = s.attention[layer, :, : row.shape[-1]].float() * s.attention_scale[layer][:, None] / 255
+            assert (decoded - row).abs().max() <= float(row.max()) / 510 + 1e-4
+            torch.testing.assert_close(s.residual[layer].float(), rec.residual[layer].after[0, -1], rtol=2e-3, atol=2e-3)
+        # The lens of the last layer is the model's own prediction.
+        lens_ids, lens_p, chosen = gen.logit_lens(index, k=1)
+        assert int(lens_ids[-1, 0]) == s.token
+        assert float(chosen[-1]) == pytest.approx(float(probs[s.token]), rel=1e-2)
+
+
+def test_seeded_sampling_draws_what_the_model_draws():
+    model = tiny("qwen2")
+    torch.manual_seed(7)
+    expected = _plain(model, 8, do_sample=True, temperature=1.5, top_k=50)
+    torch.manual_seed(7)
+    gen = start_generation(model, CharTokenizer(), PROMPT, 8, background=False, do_sample=True, temperature=1.5, top_k=50)
+    assert [s.token for s in gen.steps] == expected
+    assert all(s.probs.sum() <= 1.0 + 1e-5 for s in gen.steps)
+
+
+def test_steps_arrive_live_and_stop_ends_early():
+    model = tiny("llama")
+    hooks = _hooks(model)
+    gate = threading.Event()
+    gen = start_generation(model, CharTokenizer(), PROMPT, 60, background=True)
+    seen = []
+
+    def listener(i):
+        seen.append(i)
+        if i == 2:
+            gen.stop()
+            gate.set()
+
+    gen._listeners.append(listener)
+    assert gate.wait(120)
+    gen.wait(120)
+    assert gen.done and 3 <= len(gen.steps) < 60
+    assert seen[-1] == -1  # the end is announced
+    assert _hooks(model) == hooks
+
+
+def test_view_follows_the_latest_step_and_shows_a_picked_one():
+    model = tiny("llama")
+    view = nbinspect.generate(model, CharTokenizer(), PROMPT, max_new_tokens=4).wait()
+    assert len(view.generated) == 4 and view.shown_step == 3
+    view.step = 1
+    assert view.shown_step == 1
+    s = view.generation.steps[1]
+    assert view.context == s.attention.shape[-1] == len(view.prompt_tokens) + 1
+    assert len(view.attention) == view.n_layers * view.n_heads * view.context
+    assert len(view.lens_tokens) == view.n_layers
+    view.stop_requested = True  # after the end: harmless
+    assert view.generation._stop.is_set()
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        nbinspect.generate(tiny("llama"), CharTokenizer(), PROMPT, max_new_tokens=0)
+    with pytest.raises(ValueError, match="cannot generate"):
+        nbinspect.generate(tiny("bert"), CharTokenizer(), PROMPT)
