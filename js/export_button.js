@@ -102,6 +102,7 @@ export function exportButtons(root, name = "nbinspect-view") {
   };
   make("PNG", "Save this view as a PNG (2×)", async () => download(await viewPNG(root), `${name}.png`));
   make("SVG", "Save this view as an SVG", async () => download(new Blob([viewSVG(root).svg], { type: "image/svg+xml" }), `${name}.svg`));
+  if (!root.style.position) root.style.position = "relative"; // the bar sits in the view's top-right corner
   root.appendChild(bar);
   return bar;
 }
