@@ -217,6 +217,7 @@ class capture:
         self.record = Record()
         self._handles: list = []
         self._listening = None
+        self._token_shapes: dict[int, torch.Size] = {}  # layer -> [batch, position], where an MLP flattens them
 
     # --- checking the request -------------------------------------------------------------
     def _layers_of(self, kind: str, request: Request | None) -> tuple[Request, list[int]] | None:
@@ -284,13 +285,14 @@ class capture:
             request, layers = self.requests["heads"]
             for i in layers:
                 hook(a.part(i, "attention_output").register_forward_pre_hook(self._on_heads(i, request)))
+        if a.parts.mlp is None:  # a down projection in the block itself (OPT's) may see the tokens flattened
+            flat = {i for kind in ("neurons", "mlp_out") if self.requests[kind] is not None for i in self.requests[kind][1]}
+            for i in sorted(flat):
+                hook(a.layers[i].register_forward_pre_hook(self._on_tokens(i), with_kwargs=True))
         if self.requests["neurons"] is not None:
             request, layers = self.requests["neurons"]
             for i in layers:
-                tokens, on_neurons = self._on_neurons(i, request)
-                if a.parts.mlp is None:  # a down projection in the block itself (OPT's): it may see tokens flattened
-                    hook(a.layers[i].register_forward_pre_hook(tokens, with_kwargs=True))
-                hook(a.part(i, "neurons").register_forward_pre_hook(on_neurons))
+                hook(a.part(i, "neurons").register_forward_pre_hook(self._on_neurons(i, request)))
         if self.requests["residual"] is not None:
             request, layers = self.requests["residual"]
             for i in layers:
@@ -352,20 +354,28 @@ class capture:
 
         return on_heads
 
-    def _on_neurons(self, layer: int, request: Request):
-        store, block = self._store("neurons", layer, request), {}
-
+    def _on_tokens(self, layer: int):
         def tokens(module, args, kwargs):
-            block["shape"] = _hidden(args, kwargs).shape[:-1]
+            self._token_shapes[layer] = _hidden(args, kwargs).shape[:-1]
+
+        return tokens
+
+    def _unflattened(self, layer: int, x: torch.Tensor) -> tuple | None:
+        """``[batch, position, -1]`` when ``x`` holds the layer's tokens flattened to ``[batch * position, d]``
+        (OPT's MLP runs so), else None."""
+        shape = self._token_shapes.get(layer)
+        return (*shape, -1) if shape is not None and x.dim() == 2 and len(shape) == 2 else None
+
+    def _on_neurons(self, layer: int, request: Request):
+        store = self._store("neurons", layer, request)
 
         def on_neurons(module, args):
             x = args[0]
-            # Some MLPs (OPT's) run on the tokens flattened to [batch * position, d]; give them back their shape.
-            shape = (*block["shape"], -1) if x.dim() == 2 and len(block.get("shape", ())) == 2 else None
+            shape = self._unflattened(layer, x)
             self._watch_gradient("neurons", layer, x, shape=shape)
             store((x if shape is None else x.reshape(shape)).detach())
 
-        return tokens, on_neurons
+        return on_neurons
 
     def _on_residual(self, layer: int, request: Request):
         record, reduce = self.record.residual, _reducer(request)
@@ -393,8 +403,10 @@ class capture:
         store = self._store(kind, layer, request)
 
         def on_output(module, args, output):
+            out = _first(output)
+            shape = self._unflattened(layer, out) if kind == "mlp_out" else None
             # A copy: some blocks add to the returned tensor in place (Falcon: mlp_output += attention_output).
-            store(_first(output).detach().clone())
+            store((out if shape is None else out.reshape(shape)).detach().clone())
 
         return on_output
 
