@@ -26,8 +26,11 @@ the attention pattern is a constant and ``A·V`` is linear in ``V``).
 ``target = Σ tokens + Σ position/type embeddings + Σ biases + remainder``, where the remainder is what
 the softmax rule does not pass on (the paper says so: it absorbs a bias-like term) plus float rounding.
 :class:`Relevance` reports each term. Under ``rule="cp"`` the remainder is float rounding only
-(``|remainder| ≤ 1e-4 · (|target| + Σ|terms|)`` in float32, tested); under AttnLRP it is measured and
-reported, and the tests bound it on the tiny test models and SmolLM2 (see tests/test_relevance.py).
+(``|remainder| ≤ 1e-4 · (|target| + Σ|terms|)`` in float32, tested). Under AttnLRP it is measured and
+reported, not small: on SmolLM2, "The capital of France is Paris. The capital of Italy is" → " Rome" has a
+logit of 14.95 of which the tokens hold 5.30 and the softmax rule keeps 9.65 (lxt 2.1 gives the same
+token relevances); on the tiny random test models it ranges from 0 to ~50 % of the logit. The tests bound
+it at half of ``|target| + Σ|token relevance|`` and check that CP-LRP removes it.
 
 Everything the rules need is installed as forward hooks on this model's own modules for the duration of
 one call (removed in ``finally``); parameters' ``requires_grad``, ``.grad`` and the training flags are
