@@ -562,6 +562,12 @@ class Adapter:
     def attention(self, layer: int) -> nn.Module:
         return self.part(layer, "attention")
 
+    def uses_attention_interface(self, layer: int = 0) -> bool:
+        """Whether the layer's attention goes through transformers' attention functions, so its q, k and v
+        can be seen by wrapping them. Bloom, Falcon and GPT-Neo compute attention in their own code: only
+        the weights they return can be captured (see :mod:`nbinspect._attention_hook`)."""
+        return self.parts.attention is not None and calls_attention_interface(type(self.attention(layer)))
+
     def has_part(self, layer: int, name: str) -> bool:
         """Whether this layer has the part (Qwen2-MoE, for one, mixes dense and routed MLP layers)."""
         path = getattr(self.parts, name)

@@ -82,6 +82,7 @@ def test_parts_are_found(family, model):
     assert adapter.is_causal == (family not in ENCODERS)
     assert (adapter.router_layers() != []) == (family in MOE_FAMILIES)
     assert adapter.embedding() is model.get_input_embeddings()
+    assert adapter.uses_attention_interface() == (family not in ("bloom", "falcon", "gpt_neo"))
     weight, _ = adapter.output_projection(0)
     assert weight.shape == (32, adapter.n_heads * adapter.head_dim)
 
