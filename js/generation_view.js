@@ -48,6 +48,9 @@ async function render({ model, el: host }) {
   const error = el("span", "nbi-error", head);
   const stripBox = el("div", "nbi-strip", root);
   const strip = el("canvas", "nbi-text", stripBox);
+  const editedCaption = el("div", "nbi-caption", root);
+  const editedBox = el("div", "nbi-strip", root);
+  const editedStrip = el("canvas", "nbi-edited", editedBox);
   const panels = el("div", "nbi-panels", root);
   const candBox = el("div", null, panels);
   el("div", "nbi-caption", candBox, "top candidates (what the token was drawn from)");
@@ -136,6 +139,50 @@ async function render({ model, el: host }) {
       }
       ctx.fillStyle = g < 0 ? "#666" : "#111";
       ctx.fillText(fitText(ctx, all[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
+    }
+  }
+
+  // The continuation generated under edits (view.edit(...)): prompt omitted, tokens that differ from the
+  // original continuation at the same step outlined in red.
+  function drawEdited() {
+    const label = get("edits_label");
+    editedCaption.style.display = editedBox.style.display = label ? "block" : "none";
+    if (!label) return;
+    const gen = get("generated");
+    const edited = get("edited");
+    const probs = float32sOf(get("edited_probs"));
+    let first = -1;
+    for (let i = 0; i < edited.length; i++) if (first < 0 && edited[i] !== gen[i]) first = i;
+    editedCaption.textContent = `with ${label}${get("edited_running") ? " (generating…)" : ""}: ` +
+      (first < 0 ? "the same continuation so far" : `differs from step ${first} on (red)`);
+    const shownTokens = edited.map((t) => t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
+    const measure = sizeCanvas(editedStrip, 1, 1);
+    measure.font = TEXT_FONT;
+    const laid = [];
+    let x = 4;
+    let y = 4;
+    for (let i = 0; i < shownTokens.length; i++) {
+      const w = Math.min(W - 12, Math.max(6, measure.measureText(shownTokens[i]).width + 2));
+      if (x + w > W - 8 && x > 4) {
+        x = 4;
+        y += LINE_H;
+      }
+      laid.push([x, y, w, i]);
+      x += w;
+    }
+    const ctx = sizeCanvas(editedStrip, W - 4, y + LINE_H + 4);
+    ctx.font = TEXT_FONT;
+    ctx.textBaseline = "middle";
+    for (const [bx, by, w, i] of laid) {
+      ctx.fillStyle = shade(probs[i]);
+      ctx.fillRect(bx, by, w, LINE_H - 2);
+      if (edited[i] !== gen[i]) {
+        ctx.strokeStyle = "#d62728";
+        ctx.lineWidth = 1.5;
+        ctx.strokeRect(bx + 0.5, by + 0.5, w - 1, LINE_H - 3);
+      }
+      ctx.fillStyle = "#111";
+      ctx.fillText(fitText(ctx, shownTokens[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
     }
   }
 
@@ -233,6 +280,7 @@ async function render({ model, el: host }) {
     stop.disabled = !get("running");
     error.textContent = get("error");
     drawStrip();
+    drawEdited();
     drawCandidates();
     drawAttention();
     drawLens();
@@ -275,7 +323,7 @@ async function render({ model, el: host }) {
     evt.stopPropagation();
   });
 
-  const keys = ["generated", "shown_step", "running", "error", "attention", "lens_tokens", "candidates"];
+  const keys = ["generated", "shown_step", "running", "error", "attention", "lens_tokens", "candidates", "edited", "edits_label", "edited_running"];
   for (const k of keys) model.on(`change:${k}`, schedule);
   draw();
   return () => {

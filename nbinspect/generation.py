@@ -31,7 +31,7 @@ from torch import nn
 from .adapters import Adapter, ModelParts
 from .capture import Request, capture
 from .inputs import encode, token_strings
-from .perturb import model_lock
+from .perturb import Edit, model_lock, perturb
 
 #: Candidates kept per step (the view lists them with their probabilities).
 TOP_K = 10
@@ -69,6 +69,9 @@ class Generation:
     prompt_ids: torch.Tensor
     prompt_tokens: list[str]
     steps: list[Step] = field(default_factory=list)
+    prompt: str = ""
+    settings: dict = field(default_factory=dict)  # max_new_tokens, top_k and generate's keyword arguments
+    edits: tuple = ()
     done: bool = False
     error: BaseException | None = None
     seconds: float = 0.0
@@ -170,7 +173,8 @@ def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generat
 
     start = time.perf_counter()
     try:
-        with model_lock(model), capture(model, logits=False, **requests) as record, torch.no_grad():
+        with model_lock(model), perturb(model, *gen.edits), capture(model, logits=False, **requests) as record, \
+                torch.no_grad():
             model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -188,15 +192,21 @@ def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generat
 
 
 def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
-                     background: bool = True, parts: ModelParts | None = None, **generate_kwargs) -> Generation:
-    """Start generating (see the module docs); returns the :class:`Generation` filling up."""
+                     background: bool = True, parts: ModelParts | None = None, edits: tuple[Edit, ...] = (),
+                     **generate_kwargs) -> Generation:
+    """Start generating (see the module docs); returns the :class:`Generation` filling up.
+
+    ``edits``: generate under these weight edits (``nbinspect.AblateHead(3, 2)`` …), restored exactly after.
+    """
     adapter = Adapter.of(model, parts)
     if adapter.unembedding() is None:
         raise ValueError(f"a {adapter.family!r} model without a language-modelling head cannot generate text.")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number ≥ 1, got {max_new_tokens!r}.")
     inputs = encode(tokenizer, prompt, adapter)
-    gen = Generation(model, tokenizer, adapter, inputs["input_ids"], token_strings(tokenizer, inputs["input_ids"]))
+    gen = Generation(model, tokenizer, adapter, inputs["input_ids"], token_strings(tokenizer, inputs["input_ids"]),
+                     prompt=prompt, settings=dict(max_new_tokens=max_new_tokens, top_k=top_k, parts=parts, **generate_kwargs),
+                     edits=tuple(edits))
     generate_kwargs.setdefault("pad_token_id", getattr(tokenizer, "pad_token_id", None) or getattr(model.generation_config, "eos_token_id", None) or 0)
     args = (gen, inputs, max_new_tokens, top_k, generate_kwargs)
     if background:

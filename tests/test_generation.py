@@ -103,3 +103,20 @@ def test_bad_requests_are_refused():
         nbinspect.generate(tiny("llama"), CharTokenizer(), PROMPT, max_new_tokens=0)
     with pytest.raises(ValueError, match="cannot generate"):
         nbinspect.generate(tiny("bert"), CharTokenizer(), PROMPT)
+
+
+def test_an_edit_regenerates_and_both_continuations_are_kept():
+    model = tiny("llama")
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    view = nbinspect.generate(model, CharTokenizer(), PROMPT, max_new_tokens=6).wait()
+    edits = [nbinspect.AblateHead(layer, head) for layer in range(3) for head in range(4)]
+    edited = view.edit(*edits, background=False)
+    with nbinspect.perturb(model, *edits), torch.no_grad():
+        expected = _plain(model, 6, do_sample=False)
+    assert [s.token for s in edited.steps] == expected
+    assert [s.token for s in view.generation.steps] == _plain(model, 6, do_sample=False)
+    assert view.edited == [s.text for s in edited.steps] and "ScaleHead(layer=0, head=0, factor=0.0)" in view.edits_label
+    assert len(view.generated) == 6 and not view.edited_running
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, before[name]), name
+    assert view.edit() is None and view.edited == [] and view.edits_label == ""

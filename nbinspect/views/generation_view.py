@@ -51,6 +51,11 @@ class GenerationView(anywidget.AnyWidget):
     lens_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     lens_probs = traitlets.Bytes(b"").tag(sync=True)
     lens_chosen = traitlets.Bytes(b"").tag(sync=True)
+    #: After ``view.edit(...)``: the continuation generated under the edits, its probabilities, and the edits.
+    edited = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    edited_probs = traitlets.Bytes(b"").tag(sync=True)
+    edits_label = traitlets.Unicode("").tag(sync=True)
+    edited_running = traitlets.Bool(False).tag(sync=True)
     painted = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, generation, **kwargs):
@@ -66,6 +71,39 @@ class GenerationView(anywidget.AnyWidget):
         self._on_step(len(generation.steps) - 1 if generation.steps else -1)
         if generation.done:
             self._on_step(-1)
+
+    def edit(self, *edits, background: bool = True):
+        """Generate again from the prompt under ``edits`` (e.g. ``nbinspect.AblateHead(3, 2)``) with the same
+        settings; the view shows both continuations. Returns the new :class:`Generation` (``edit()`` with no
+        edits clears the comparison). Greedy runs are comparable token by token; sampled ones draw anew."""
+        from ..generation import start_generation
+
+        g = self.generation
+        previous = getattr(self, "edited_generation", None)
+        if previous is not None:
+            previous.stop()
+        if not edits:
+            self.edited_generation = None
+            with self.hold_sync():
+                self.edited, self.edited_probs, self.edits_label, self.edited_running = [], b"", "", False
+            return None
+        settings = dict(g.settings)
+        new = start_generation(g.model, g.tokenizer, g.prompt, settings.pop("max_new_tokens"), background=background,
+                               edits=edits, **settings)
+        self.edited_generation = new
+        self.edits_label = ", ".join(repr(e) for e in edits)
+        new._listeners.append(lambda index: self._on_edited_step(new, index))
+        self._on_edited_step(new, -1 if new.done else 0)
+        return new
+
+    def _on_edited_step(self, gen, index: int) -> None:
+        if gen is not getattr(self, "edited_generation", None):
+            return
+        steps = list(gen.steps)
+        with self.hold_sync():
+            self.edited = codecs.clip_tokens([s.text for s in steps])
+            self.edited_probs = codecs.float32_bytes(torch.tensor([s.chosen_prob for s in steps], dtype=torch.float32))
+            self.edited_running = not gen.done
 
     def stop(self) -> None:
         """End the generation after the current step."""
