@@ -42,8 +42,9 @@ NOTEBOOK = nbformat.v4.new_notebook(
             "        return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}\n"
             "    def decode(self, ids, **kw):\n"
             "        return ''.join(TOKENS[i] if i < len(TOKENS) else f't{i}' for i in ids)\n"
-            f"dash = nbinspect.inspect(model, Tok(), {' '.join(map(str, range(len(TOKENS))))!r}, perturb=False)\n"
-            "dash"
+            f"t = nbinspect.trace(model, Tok(), {' '.join(map(str, range(len(TOKENS))))!r})\n"
+            "views = [nbinspect.attention(t), nbinspect.neurons(t), nbinspect.gradient_flow(t)]\n"
+            "display(*views)"
         )
     ],
     metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
@@ -80,7 +81,7 @@ def test_hidden_characters_in_tokens_are_drawn_visibly_and_html_stays_text(artif
                     " && !!document.querySelector('.nbi-grad').dataset.painted")
 
         # The Python side sends the labels with markers (and keeps the true text for Python users).
-        sent = json.loads(kernel(page, "print(json.dumps([dash.attention.tokens, dash.neurons.tokens, dash.gradients.tokens]))"))
+        sent = json.loads(kernel(page, "print(json.dumps([v.tokens for v in views]))"))
         expected = ["⟨U+202E⟩evil", TOKENS[1], "a⟨U+200B⟩b", TOKENS[3], "⟨U+2066⟩x⟨U+2069⟩", TOKENS[5], "⟨U+FEFF⟩bom",
                     "⟨U+200F⟩right⟨U+200E⟩", " plain"]
         assert sent == [expected] * 3
