@@ -4,6 +4,7 @@
 import { float32sOf } from "./codecs.js";
 import { sizeCanvas } from "./heatmap.js";
 import { el } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 import { FONT, axes, bars, frame, line, maxOf, num, pct } from "./charts.js";
 
@@ -25,6 +26,7 @@ const CSS = `
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-act", host);
+  exportButtons(root, "nbinspect-activation");
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);
   const title = el("span", "nbi-title", head);

@@ -6,6 +6,7 @@
 import { bytesOf, dequantizeSigned, float32sOf } from "./codecs.js";
 import { divergingColor, fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 import { FONT, num } from "./charts.js";
 
@@ -37,6 +38,7 @@ function signedByte(v, scale) {
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-mech", host);
+  exportButtons(root, "nbinspect-attention-mechanics");
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);
   const title = el("span", "nbi-title", head);

@@ -3,6 +3,7 @@
 import { bytesOf, dequantize, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const FOCUS_PX = 480; // side of the focused heatmap
@@ -28,6 +29,7 @@ const CSS = `
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-attn", host);
+  exportButtons(root, "nbinspect-attention");
   root.tabIndex = 0;
   // JupyterLab skips its own keyboard shortcuts inside elements marked like this (arrow keys are ours).
   root.dataset.lmSuppressShortcuts = "true";

@@ -3,6 +3,7 @@
 import { float32sOf } from "./codecs.js";
 import { sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -35,6 +36,7 @@ const CSS = `
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-bw", host);
+  exportButtons(root, "nbinspect-block-writes");
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);
   const title = el("span", "nbi-title", head);

@@ -4,6 +4,7 @@
 import { float32sOf } from "./codecs.js";
 import { LUT, fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 import { FONT, num } from "./charts.js";
 
@@ -33,6 +34,7 @@ function colour(v, lo, hi, log) {
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-cmp", host);
+  exportButtons(root, "nbinspect-compare");
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);
   const title = el("span", "nbi-title", head);

@@ -2,6 +2,7 @@
 // sliders panel. Pairs with nbinspect/views/dashboard.py; the layout knows no view by name.
 import { renderChild } from "./children.js";
 import { el } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 
 const CSS = `
 .nbi-dash { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; }
@@ -11,6 +12,7 @@ const CSS = `
 
 async function render({ model, el: host, host: anywidgetHost }) {
   const root = el("div", "nbi-dash", host);
+  exportButtons(root, "nbinspect-dashboard");
   el("style", null, root).textContent = CSS;
   const titles = model.get("titles") || [];
   const cleanups = [];

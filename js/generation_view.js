@@ -5,6 +5,7 @@
 import { bytesOf, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 
 const W = 860;
 const LINE_H = 20;
@@ -34,6 +35,7 @@ const shade = (p) => `rgba(33, 113, 181, ${0.12 + 0.6 * Math.max(0, Math.min(1, 
 
 async function render({ model, el: host }) {
   const root = el("div", "nbi-gen", host);
+  exportButtons(root, "nbinspect-generation");
   root.tabIndex = 0;
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);

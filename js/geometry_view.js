@@ -7,6 +7,7 @@
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const W = 560;
@@ -64,6 +65,7 @@ async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const get = (k) => (k === "layer" || k === "token" || k === "neuron" ? sel.get(k) : model.get(k));
   const root = el("div", "nbi-geo", host);
+  exportButtons(root, "nbinspect-geometry");
   root.tabIndex = 0;
   root.dataset.lmSuppressShortcuts = "true";
   el("style", null, root).textContent = CSS;

@@ -5,6 +5,7 @@ import { renderChild } from "./children.js";
 import { float32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const WIDTH = 640;
@@ -43,6 +44,7 @@ async function render({ model, el: host, host: anywidgetHost }) {
   const chartBox = el("div", "nbi-grad-chart", host);
   const chartCleanup = model.get("chart") ? await renderChild(model, model.get("chart"), chartBox, anywidgetHost) : () => {};
   const root = el("div", "nbi-grad", host);
+  exportButtons(root, "nbinspect-gradient");
   el("style", null, root).textContent = CSS;
   const bar = el("div", "nbi-bar", root);
   el("span", null, bar).textContent = "Attribution:";

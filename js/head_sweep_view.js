@@ -4,6 +4,7 @@
 import { bytesOf, dequantizeSigned, float32sOf, int32sOf } from "./codecs.js";
 import { DIVERGING_LUT, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -40,6 +41,7 @@ const signed = (v) => (v > 0 ? "+" : "") + num(v);
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-sweep", host);
+  exportButtons(root, "nbinspect-head-sweep");
   el("style", null, root).textContent = CSS;
   const title = el("div", "nbi-title", root);
   const hint = el("div", "nbi-hint", root);

@@ -4,6 +4,7 @@
 import { float32sOf, bytesOf } from "./codecs.js";
 import { divergingColor, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -33,6 +34,7 @@ const signed = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(3)}`;
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-dla", host);
+  exportButtons(root, "nbinspect-logit-attribution");
   root.tabIndex = 0;
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);

@@ -4,6 +4,7 @@
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const GRID_W = 720; // most width the position columns take
@@ -47,6 +48,7 @@ const q = (s) => JSON.stringify(s); // quotes show spaces and newlines
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-lens", host);
+  exportButtons(root, "nbinspect-logit-lens");
   root.tabIndex = 0;
   root.dataset.lmSuppressShortcuts = "true";
   el("style", null, root).textContent = CSS;

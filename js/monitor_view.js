@@ -6,6 +6,7 @@
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { sizeCanvas, fitText } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 
 const CHART_W = 430;
 const CHART_H = 170;
@@ -203,6 +204,7 @@ function drawChart(canvas, { title, steps, lines, log, guides = [], cursor = -1,
 
 async function render({ model, el: host }) {
   const root = el("div", "nbi-mon", host);
+  exportButtons(root, "nbinspect-monitor");
   root.tabIndex = 0;
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);

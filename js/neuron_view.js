@@ -4,6 +4,7 @@
 import { bytesOf, dequantizeSigned, float32sOf, int32sOf } from "./codecs.js";
 import { divergingColor, divergingImage, fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const HEAT_W = 400; // most width the neuron columns take (the whole view fits a ~900 px output area)
@@ -45,6 +46,7 @@ const q = (s) => JSON.stringify(s); // shows quotes and escapes, so spaces and n
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-neur", host);
+  exportButtons(root, "nbinspect-neuron");
   root.tabIndex = 0;
   root.dataset.lmSuppressShortcuts = "true"; // arrow keys are ours, not the notebook's
   el("style", null, root).textContent = CSS;

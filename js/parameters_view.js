@@ -5,6 +5,7 @@
 import { float32sOf, bytesOf } from "./codecs.js";
 import { sizeCanvas, fitText } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 import { FONT, LINE_COLOURS, axes, bars, bytes, count, frame, legend, line, maxOf, num, pct } from "./charts.js";
 
@@ -36,6 +37,7 @@ const CSS = `
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-par", host);
+  exportButtons(root, "nbinspect-parameters");
   el("style", null, root).textContent = CSS;
   const head = el("div", "nbi-head", root);
   const title = el("span", "nbi-title", head);

@@ -5,6 +5,7 @@
 import { bytesOf, dequantizeSigned } from "./codecs.js";
 import { DIVERGING_LUT, fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -38,6 +39,7 @@ const num = (v) => (Number.isFinite(v) ? v.toFixed(3) : "—");
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-patch", host);
+  exportButtons(root, "nbinspect-patching");
   el("style", null, root).textContent = CSS;
   const title = el("div", "nbi-title", root);
   const hint = el("div", "nbi-hint", root);

@@ -4,6 +4,7 @@
 // that renders anywidget models renders the panel. Text only: every string goes in through textContent.
 import { renderChild } from "./children.js";
 import { el } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 
 const CSS = `
 .nbi-pred { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; }
@@ -134,6 +135,7 @@ function positionTable(parent, pos) {
 
 async function render({ model, el: host, host: anywidgetHost }) {
   const root = el("div", "nbi-pred", host);
+  exportButtons(root, "nbinspect-perturb-panel");
   el("style", null, root).textContent = CSS;
   const stopControls = controls(model, root);
   const top = el("div", "nbi-top", root);

@@ -5,6 +5,7 @@
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
+import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const HEAT_W = 360;
@@ -52,6 +53,7 @@ function expertColour(e, n, alpha = 1) {
 async function render({ model, el: host }) {
   const sel = await bindSelection(model);
   const root = el("div", "nbi-router", host);
+  exportButtons(root, "nbinspect-router");
   root.tabIndex = 0;
   root.dataset.lmSuppressShortcuts = "true";
   el("style", null, root).textContent = CSS;

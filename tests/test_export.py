@@ -238,3 +238,30 @@ def test_the_mixin_gives_a_view_save_to_png_and_to_svg(model, tmp_path):
     assert doc["models"][view.model_id]["state"]["tokens"] == list(base.tokens)
     assert callable(view.to_png) and callable(view.to_svg)
     torch.testing.assert_close(view.weights(), base.weights())
+
+
+@pytest.mark.browser
+def test_the_png_and_svg_buttons_download_the_view(model, browser, tmp_path):
+    from pathlib import Path
+
+    view = nbinspect.neurons(model, CharTokenizer(), TEXT)
+    page = open_offline(browser, export.save(view, tmp_path / "n.html"))
+    root = page.locator(".nbi-neur")
+    box = root.bounding_box()
+    heat = root.locator("canvas.nbi-heat").bounding_box()
+    with page.expect_download() as download:
+        root.locator(".nbi-export button", has_text="PNG").click()
+    png = Path(download.value.path()).read_bytes()
+    assert download.value.suggested_filename.endswith(".png")
+    (w, h), box_ink, decoded = png_pixels(browser, png)
+    assert abs(w - 2 * box["width"]) <= 2 and abs(h - 2 * box["height"]) <= 2, (w, h, box)
+    x, y = 2 * (heat["x"] - box["x"]), 2 * (heat["y"] - box["y"])
+    assert box_ink(x + 2 * 90, y + 2 * 50, 2 * heat["width"] - 2 * 100, 2 * heat["height"] - 2 * 60) > 0.3
+    decoded.close()
+    with page.expect_download() as download:
+        root.locator(".nbi-export button", has_text="SVG").click()
+    svg = Path(download.value.path()).read_text()
+    assert svg.startswith("<svg") and "<foreignObject" in svg and "data:image/png;base64," in svg
+    assert "nbi-export" not in svg  # the buttons are not part of the picture
+    assert not page.errors, page.errors
+    page.close()
