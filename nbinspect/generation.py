@@ -135,7 +135,8 @@ def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generat
 
     adapter, model = gen.adapter, gen.model
     pending: dict = {}
-    requests = dict(attention=Request(reduce=_attention_row), residual=Request(reduce=_last_position))
+    exact = gen.settings.get("exact", True)
+    requests = dict(attention=Request(reduce=_attention_row, exact=exact), residual=Request(reduce=_last_position))
     if adapter.parts.neurons is not None:
         requests["neurons"] = Request(reduce=_last_position)
 
@@ -193,10 +194,14 @@ def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generat
 
 def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
                      background: bool = True, parts: ModelParts | None = None, edits: tuple[Edit, ...] = (),
-                     **generate_kwargs) -> Generation:
+                     exact: bool = True, **generate_kwargs) -> Generation:
     """Start generating (see the module docs); returns the :class:`Generation` filling up.
 
     ``edits``: generate under these weight edits (``nbinspect.AblateHead(3, 2)`` …), restored exactly after.
+    ``exact``: ``True`` keeps the model's own attention call, so the tokens are exactly those of a plain
+    ``generate``, and computes the weights beside it; ``False`` lets the captured weights produce the
+    attention output (eager's math: about half the attention cost; last-bit differences from sdpa can
+    change a near-tied greedy choice). See :class:`nbinspect.Request`.
     """
     adapter = Adapter.of(model, parts)
     if adapter.unembedding() is None:
@@ -205,7 +210,8 @@ def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
         raise ValueError(f"max_new_tokens must be a whole number ≥ 1, got {max_new_tokens!r}.")
     inputs = encode(tokenizer, prompt, adapter)
     gen = Generation(model, tokenizer, adapter, inputs["input_ids"], token_strings(tokenizer, inputs["input_ids"]),
-                     prompt=prompt, settings=dict(max_new_tokens=max_new_tokens, top_k=top_k, parts=parts, **generate_kwargs),
+                     prompt=prompt, settings=dict(max_new_tokens=max_new_tokens, top_k=top_k, parts=parts, exact=exact,
+                                                  **generate_kwargs),
                      edits=tuple(edits))
     generate_kwargs.setdefault("pad_token_id", getattr(tokenizer, "pad_token_id", None) or getattr(model.generation_config, "eos_token_id", None) or 0)
     args = (gen, inputs, max_new_tokens, top_k, generate_kwargs)
@@ -218,7 +224,7 @@ def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
 
 
 def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
-             background: bool = True, parts: ModelParts | None = None, **generate_kwargs):
+             background: bool = True, parts: ModelParts | None = None, exact: bool = True, **generate_kwargs):
     """Generate from ``prompt`` with the model's KV cache and show every step live (a :class:`GenerationView`).
 
     ``generate_kwargs`` go to ``model.generate`` (``do_sample=True, temperature=0.8, top_p=0.9`` …).
@@ -227,5 +233,5 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32,
     from .views.generation_view import GenerationView
 
     gen = start_generation(model, tokenizer, prompt, max_new_tokens, top_k=top_k, background=background, parts=parts,
-                           **generate_kwargs)
+                           exact=exact, **generate_kwargs)
     return GenerationView(gen)
