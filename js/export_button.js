@@ -5,8 +5,8 @@
 
 const SCALE = 2; // PNG pixels per CSS pixel
 const CSS = `
-.nbi-export { position: absolute; top: 0; right: 0; display: flex; gap: 2px; opacity: 0.35; z-index: 5; }
-.nbi-export:hover, .nbi-export:focus-within { opacity: 1; }
+.nbi-export { position: absolute; top: 0; right: 0; display: flex; gap: 2px; opacity: 0; z-index: 5; transition: opacity .15s; }
+:hover > .nbi-export, .nbi-export:focus-within { opacity: 1; } /* shown while the pointer is over the view */
 .nbi-export button { font: 11px system-ui, -apple-system, 'Segoe UI', sans-serif; padding: 0 5px; border: 1px solid #bbb;
   background: #fafafa; color: #333; cursor: pointer; line-height: 16px; }
 `;
