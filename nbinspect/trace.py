@@ -44,10 +44,10 @@ from torch import nn
 from . import codecs
 from .adapters import Adapter, ModelParts
 from .attention_maps import AttentionMaps
-from .capture import Record, Request, Residual, capture
+from .capture import HeadOutputs, Record, Request, capture
 from .gradients import METHODS, GradientNorms, _norm64, _restoring
 from .inputs import check_inputs, encode, token_strings
-from .perturb import Edit, changed_from, model_lock, perturb
+from .perturb import Edit, changed_from, layer_edits, model_lock, perturb
 from .targets import Target, predicted, resolve
 
 #: Integrated-gradient steps computed in one batched forward + backward (memory grows with it).
@@ -442,6 +442,12 @@ def _inherit(t: Trace, parent: Trace, start: int) -> None:
 
 
 def _merge(t: Trace, record: Record, layers: list[int]) -> None:
+    # Head outputs keep a reference to the output projection's weight; under an edit that weight is
+    # restored when the run ends, so edited layers keep a copy of the weight as it was during the run.
+    edited = set(layer_edits(t.adapter, t.edits))
+    for i in edited & set(record.heads):
+        h = record.heads[i]
+        record.heads[i] = HeadOutputs(h.z, h.weight.clone(), None if h.bias is None else h.bias.clone(), h.n_heads)
     for kind in ("heads", "neurons", "residual", "router", "attention_out", "mlp_out"):
         getattr(t.record, kind).update(getattr(record, kind))
     t.attention_maps.layers.update(record.attention)

@@ -154,10 +154,8 @@ def test_bidi_and_invisible_characters_are_shown_as_markers():
     assert len(long) <= MAX_TOKEN_CHARS and long.endswith("⟩…") and "\u202e" not in long
 
 
-PANEL_LABELS = ("views/perturb_panel.py (the lead's): tokens=list(trace.tokens) and the top-k decode bypass "
-                "codecs.clip_tokens")
 VIEWS = ["attention", "neurons", "gradient_flow", "activations", "attention_mechanics", "block_writes",
-         "logit_attribution", "logit_lens", pytest.param("sliders", marks=pytest.mark.xfail(strict=True, reason=PANEL_LABELS))]
+         "logit_attribution", "logit_lens", "sliders"]
 
 
 @pytest.mark.parametrize("make", VIEWS)

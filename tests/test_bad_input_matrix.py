@@ -111,7 +111,6 @@ def _mystery_folder() -> str:
 NOT_A_VIEW_ARGUMENT = "takes no index or number arguments"
 #: NaN weights in layer 1 (its attention output projection): errors name the first layer whose output is not finite.
 NAN_LAYER = "output of layer 1 contains NaN or infinite"
-PANEL = "perturb_panel.py (the lead's rewrite around the Trace): position is clamped, top_k unchecked"
 RECORDS_WHAT_IS_THERE = "records the model as it is: NaN activations are what it computed, not a bad input"
 
 MATRIX: dict[str, dict[str, list[Case] | str]] = {
@@ -250,12 +249,11 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
         "one token": [Case(lambda m, t: nbinspect.sliders(m, t, "a", threaded=False), None)],
         "over-long": [Case(lambda m, t: nbinspect.sliders(m, t, LONG, threaded=False), ValueError, "at most 256")],
         "wrong type": [Case(lambda m, t: nbinspect.sliders(m, t, 3.5, threaded=False), TypeError, "text as a str")],
-        "out-of-range index": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, position=99, threaded=False), ValueError, "position",
-                                    xfail=PANEL)],
+        "out-of-range index": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, position=99, threaded=False), ValueError, "position")],
         "non-integer index": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, position=1.5, threaded=False), (TypeError, ValueError),
-                                   "position", xfail=PANEL)],
+                                   "position")],
         "NaN/inf number": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, top_k=INF, threaded=False), (TypeError, ValueError),
-                                "top_k", xfail=PANEL)],
+                                "top_k")],
         "NaN weights": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT, threaded=False), ValueError, NAN_LAYER, "nan")],
         "non-transformer module": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT), UnsupportedModelError, "ModelParts", "linear")],
         "unsupported family": [Case(lambda m, t: nbinspect.sliders(m, t, TEXT), UnsupportedModelError, "'mystery' model.*ModelParts", "mystery")],

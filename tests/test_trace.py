@@ -217,3 +217,14 @@ def test_nan_weights_name_the_first_layer():
     for a, b in zip(before["weights"].values(), model.state_dict().values()):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
     assert state(model)["hooks"] == before["hooks"] and state(model)["grads"] == before["grads"]
+
+
+def test_head_writes_of_an_edited_trace_are_the_edited_models():
+    model, tok = tiny("llama"), CharTokenizer()
+    t = nbinspect.trace(model, tok, TEXT, gradients=False)
+    edited = t.edit(nbinspect.AblateHead(1, 2))
+    writes = edited.record.heads[1].writes()
+    assert float(writes[..., 2, :].abs().max()) == 0.0  # the switched-off head writes nothing
+    assert float(t.record.heads[1].writes()[..., 2, :].abs().max()) > 0
+    total = writes.sum(-2) + (0 if edited.record.heads[1].bias is None else edited.record.heads[1].bias)
+    torch.testing.assert_close(total, edited.record.attention_out[1], rtol=1e-5, atol=1e-6)

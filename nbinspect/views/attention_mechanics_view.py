@@ -87,6 +87,9 @@ class AttentionMechanicsView(View):
 
     @classmethod
     def applies(cls, trace) -> str | None:
+        if not trace.adapter.uses_attention_interface():
+            return (f"a {trace.adapter.family!r} model computes attention in its own code, not through transformers' "
+                    "attention functions, so its q and k vectors cannot be shown step by step.")
         try:
             anatomy.AttentionInputs(trace.adapter, 0)
         except (RuntimeError, TypeError) as e:

@@ -18,12 +18,12 @@ import ipywidgets
 import traitlets
 
 from .. import codecs
-from ..adapters import ModelParts
+from ..adapters import ModelParts, UnsupportedModelError
 from ..trace import Trace
 from ._bundle import bundle
 from .base import View, as_trace
 from .perturb_panel import PerturbPanel
-from .registry import VIEWS
+from .registry import DASHBOARD, VIEWS
 from .selection import Selection
 
 
@@ -43,9 +43,9 @@ class Dashboard(anywidget.AnyWidget):
     panel = traitlets.Instance(PerturbPanel, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
     painted = traitlets.Int(0).tag(sync=True)
 
-    def __init__(self, trace: Trace, *, perturb: bool = True, views: Iterable[str] | None = None,
+    def __init__(self, trace: Trace, *, perturb: bool = True, views: Iterable[str] | str | None = None,
                  selection: Selection | None = None, threaded: bool = True):
-        names = list(VIEWS) if views is None else list(views)
+        names = list(DASHBOARD) if views is None else list(VIEWS) if views == "all" else [views] if isinstance(views, str) else list(views)
         unknown = [n for n in names if n not in VIEWS]
         if unknown:
             raise ValueError(f"unknown view {unknown[0]!r}; registered views: {', '.join(VIEWS)}.")
@@ -56,15 +56,20 @@ class Dashboard(anywidget.AnyWidget):
             cls = VIEWS[name]
             reason = cls.applies(trace)
             if reason is None:
-                self.views[name] = cls(trace, selection)
-            else:
+                try:
+                    self.views[name] = cls(trace, selection)
+                except (ValueError, UnsupportedModelError) as e:
+                    # A view that finds this architecture outside what it can explain (e.g. logit attribution
+                    # on blocks whose writes do not add up) says why; the other views still work.
+                    reason = str(e)
+            if reason is not None:
                 self.skipped[name] = reason
         self.perturb = PerturbPanel(trace, list(self.views.values()), show_views=False, threaded=threaded) if perturb else None
         super().__init__(
             selection=selection,
             shown=list(self.views.values()),
-            titles=[VIEWS[n].title or n for n in self.views],
-            notes=[[VIEWS[n].title or n, why] for n, why in self.skipped.items()],
+            titles=[getattr(VIEWS[n], "title", "") or n for n in self.views],
+            notes=[[getattr(VIEWS[n], "title", "") or n, why] for n, why in self.skipped.items()],
             panel=self.perturb,
         )
         if self.perturb is not None:
@@ -137,13 +142,14 @@ class Dashboard(anywidget.AnyWidget):
         moved()
 
 
-def inspect(model, tokenizer=None, text: str | None = None, *, perturb: bool = True, views: Iterable[str] | None = None,
+def inspect(model, tokenizer=None, text: str | None = None, *, perturb: bool = True, views: Iterable[str] | str | None = None,
             target=None, foil=None, position: int = -1, parts: ModelParts | None = None) -> Dashboard:
     """Every registered view of ``text`` (or of a :class:`~nbinspect.Trace`) and perturbation sliders,
     linked by one Selection, from one forward and one backward.
 
     ``target``/``foil``/``position`` say what gradients and attributions explain (see
-    :func:`nbinspect.trace`); ``views`` picks registered views by name (default: all that apply).
+    :func:`nbinspect.trace`); ``views`` picks registered views by name (default:
+    ``nbinspect.views.registry.DASHBOARD``; ``"all"`` for every registered view), each shown where it applies.
     """
     if isinstance(model, Trace) or isinstance(getattr(model, "trace", None), Trace):
         t = as_trace(model, tokenizer, text, gradients=True)

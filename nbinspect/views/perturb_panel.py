@@ -34,6 +34,7 @@ import ipywidgets
 import torch
 import traitlets
 
+from .. import codecs
 from ..adapters import ModelParts
 from ..perturb import AddNoise, Edit, ScaleHead, ScaleNeuron, _in_features, perturb
 from ..trace import Trace
@@ -236,13 +237,17 @@ class PerturbPanel(anywidget.AnyWidget):
         self.adapter, self.model, self.tokenizer, self.top_k = adapter, trace.model, trace.tokenizer, top_k
         self.followers = list(views)
         n = trace.n_tokens
-        default = n - 2 if position is None else position
+        if position is not None and (isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n):
+            raise ValueError(f"position must be a token index 0..{n - 1} (or -{n}..-1), got {position!r}.")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 50:
+            raise ValueError(f"top_k must be a whole number of rows 1..50, got {top_k!r}.")
+        default = n - 2 if position is None else position % n
         has_neurons = adapter.parts.neurons is not None
         super().__init__(
             n_layers=adapter.n_layers,
             n_heads=adapter.n_heads,
             n_neurons=_in_features(adapter.part(0, "neurons")) if has_neurons else 0,
-            tokens=list(trace.tokens),
+            tokens=codecs.clip_tokens(trace.tokens),
             position=max(0, min(default, n - 1)),
             views=[v for v in self.followers if isinstance(v, ipywidgets.Widget)] if show_views else [],
         )
@@ -362,7 +367,7 @@ class PerturbPanel(anywidget.AnyWidget):
         self.last_latency_ms = 1000 * (time.perf_counter() - value[2])
 
     def _summary(self, new: Trace, positions: list[int]) -> dict:
-        decode = lambda i: self.tokenizer.decode([i])  # noqa: E731
+        decode = lambda i: codecs.clip_tokens([self.tokenizer.decode([i])])[0]  # noqa: E731 - shown as text, hidden characters marked
         rows = [{"position": p, "token": self.tokens[p]} for p in positions]
         if new.logits is not None:
             for row, stats in zip(rows, compare(self.base.logits[positions], new.logits[positions], self.top_k, decode)):
