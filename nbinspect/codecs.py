@@ -238,8 +238,3 @@ MAX_SINGULAR_VALUES = 4096
 #: Token rows of RouterView's token × expert heatmap at full resolution (one byte per cell: 1024 tokens
 #: × 128 experts = 128 KB for the shown layer); longer texts are block-max pooled to this many rows.
 ROUTER_MAX_ROWS = 1024
-
-# --- router view (views/router_view.py) -----------------------------------------------------------
-#: Token rows of RouterView's token × expert heatmap at full resolution (one byte per cell: 1024 tokens
-#: × 128 experts = 128 KB for the shown layer); longer texts are block-max pooled to this many rows.
-ROUTER_MAX_ROWS = 1024
