@@ -56,3 +56,15 @@ def test_a_click_that_changes_no_edit_does_not_recompute():
     assert d.perturb.wait() and d.perturb.scheduler.computed == computed + 1
     assert d.perturb.summary["edits"] == [repr(nbinspect.ScaleHead(2, 3, 0.0))]
     assert d.trace.edits == (nbinspect.ScaleHead(2, 3, 0.0),) and d.trace.from_layer == 2
+
+
+def test_a_target_picked_in_a_view_retargets_every_attribution():
+    model = tiny("llama")
+    d = nbinspect.inspect(model, CharTokenizer(), TEXT)
+    before = d.trace
+    d.logit_attribution.target_token = ord("q")  # what a click in the view's top-k list sends
+    assert d.trace.target.token == ord("q") and d.trace is not before
+    assert d.gradients.trace is d.trace and d.block_writes.trace is d.trace
+    assert d.trace.record.residual[0].after is before.record.residual[0].after  # the forward was reused
+    d.target = "z"
+    assert d.logit_attribution.target_token == ord("z") and d.gradients.target.startswith("logit of 'z'")

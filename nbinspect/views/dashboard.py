@@ -74,6 +74,10 @@ class Dashboard(anywidget.AnyWidget):
         )
         if self.perturb is not None:
             self._follow_selection()
+        # A target picked in a view (a click in a top-k list) retargets every attribution.
+        for view in self.views.values():
+            if view.has_trait("target_token"):
+                view.observe(self._picked_target, ["target_token", "foil_token"])
 
     def __getattr__(self, name):
         views = self.__dict__.get("views")
@@ -104,6 +108,17 @@ class Dashboard(anywidget.AnyWidget):
         for view in self.views.values():
             view.show(new)
         return new
+
+    def _picked_target(self, change) -> None:
+        view = change["owner"]
+        if getattr(view, "_showing", False) or getattr(self, "_retargeting", False):
+            return  # the view is being shown a trace, not picking a target
+        self._retargeting = True
+        try:
+            token, foil = view.target_token, view.foil_token
+            self.retarget(None if token < 0 else token, None if foil < 0 else foil)
+        finally:
+            self._retargeting = False
 
     def widgets(self) -> list[ipywidgets.Widget]:
         """Every widget model the dashboard puts in the browser (views, chart, sliders, selection)."""
