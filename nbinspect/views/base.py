@@ -17,12 +17,14 @@ from typing import Any, ClassVar
 
 from .. import codecs
 from ..adapters import ModelParts
+from ..export import Exportable
 from ..trace import Trace, trace
 from .selection import LinkedView, Selection
 
 
-class View(LinkedView):
-    """A view of one trace. ``trace`` is the trace shown now; ``show`` moves the view to another."""
+class View(Exportable, LinkedView):
+    """A view of one trace. ``trace`` is the trace shown now; ``show`` moves the view to another.
+    ``save`` / ``to_png`` / ``to_svg`` take it out of the notebook (see :mod:`nbinspect.export`)."""
 
     #: Heading the dashboard puts above the view.
     title: ClassVar[str] = ""

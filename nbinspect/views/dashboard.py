@@ -19,6 +19,7 @@ import traitlets
 
 from .. import codecs
 from ..adapters import ModelParts, UnsupportedModelError
+from ..export import Exportable
 from ..trace import Trace
 from ._bundle import bundle
 from .base import View, as_trace
@@ -27,7 +28,7 @@ from .registry import DASHBOARD, VIEWS
 from .selection import Selection
 
 
-class Dashboard(anywidget.AnyWidget):
+class Dashboard(Exportable, anywidget.AnyWidget):
     """The linked views of one trace. ``dashboard.views`` maps each registered name to its view (also
     reachable as ``dashboard.<name>``, e.g. ``dashboard.attention``); ``skipped`` maps the names of views
     that do not apply to the reason; ``perturb`` is the sliders panel (``None`` with ``perturb=False``)."""

@@ -36,6 +36,7 @@ import traitlets
 
 from .. import codecs
 from ..adapters import ModelParts
+from ..export import Exportable
 from ..perturb import AddNoise, Edit, ScaleHead, ScaleNeuron, _in_features, perturb
 from ..trace import Trace
 from ._bundle import bundle
@@ -176,7 +177,7 @@ def _hidden_change(before: torch.Tensor, after: torch.Tensor) -> list[dict]:
     return [{"cosine": float(c), "relative_change": float(r)} for c, r in zip(cos.tolist(), rel.tolist())]
 
 
-class PerturbPanel(anywidget.AnyWidget):
+class PerturbPanel(Exportable, anywidget.AnyWidget):
     """Sliders that perturb the model of a :class:`~nbinspect.Trace`, the predictions before and after,
     and the views that follow them.
 
@@ -199,6 +200,8 @@ class PerturbPanel(anywidget.AnyWidget):
     """
 
     _esm = bundle("perturb_panel_view")
+    #: What a saved page says about the controls: they need the kernel to recompute.
+    export_note = "The sliders need the Python kernel to recompute; this saved page shows the predictions as they were."
 
     head_layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
