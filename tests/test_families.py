@@ -238,7 +238,7 @@ def test_every_registered_view_builds_or_says_why(family, model):
     adapter = Adapter.of(model)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     t = nbinspect.trace(model, CharTokenizer(), "Views of every family.")
-    dash = nbinspect.inspect(t)
+    dash = nbinspect.inspect(t, views="all")
     assert set(dash.views) | set(dash.skipped) == set(VIEWS) and not set(dash.views) & set(dash.skipped)
     for name, reason in dash.skipped.items():
         assert isinstance(reason, str) and len(reason) > 10, (name, reason)
