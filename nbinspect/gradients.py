@@ -207,9 +207,6 @@ def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mo
     inputs = check_inputs(adapter, inputs)
     target = _check_target(adapter, target, inputs, allow_none=False)
     inputs = _forward_inputs(inputs, target)
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
     by_id: dict[int, torch.Tensor] = {}
     handles = []
 
@@ -228,15 +225,25 @@ def gradient_norms(model: nn.Module, inputs, target: Target = "loss", *, eval_mo
         finally:
             for handle in handles:
                 handle.remove()
-    parameters = {name: by_id[i].float() for i, ns in names.items() if i in by_id for name in ns}
-    modules = {}
+    return group_norms(adapter, by_id, value.detach())
+
+
+def group_norms(adapter: Adapter, norms: dict[int, torch.Tensor], value: torch.Tensor) -> GradientNorms:
+    """id(parameter) -> float64 norm, grouped by parameter name, module and block (sums of squares in
+    float64, float32 values at the end). Shared by :func:`gradient_norms` and the Trace's backward."""
+    model = adapter.model
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    parameters = {name: norms[i].float() for i, ns in names.items() if i in norms for name in ns}
+    modules: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
-        squares = [by_id[id(p)].square().to(value.device) for p in module.parameters() if id(p) in by_id]
+        squares = [norms[id(p)].square().to(value.device) for p in module.parameters() if id(p) in norms]
         if squares:
             modules[module_name] = torch.stack(squares).sum().sqrt().float()
-    prefix = {id(m): n for n, m in model.named_modules()}
+    prefix = {id(m): name for name, m in model.named_modules()}
     layers = [modules.get(prefix[id(block)], torch.zeros(())) for block in adapter.layers]
-    return GradientNorms(parameters, modules, layers, value.detach())
+    return GradientNorms(parameters, modules, layers, value)
 
 
 def _norm64(g: torch.Tensor) -> torch.Tensor:

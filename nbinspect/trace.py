@@ -45,7 +45,7 @@ from . import codecs
 from .adapters import Adapter, ModelParts
 from .attention_maps import AttentionMaps
 from .capture import HeadOutputs, Record, Request, capture
-from .gradients import METHODS, GradientNorms, _norm64, _restoring
+from .gradients import METHODS, _norm64, _restoring, group_norms
 from .inputs import check_inputs, encode, token_strings
 from .perturb import Edit, changed_from, layer_edits, model_lock, perturb
 from .targets import Target, predicted, resolve
@@ -422,7 +422,7 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
                 t._versions[0] = _versions(emb) if emb is not None else ()
             norms = _backward(t, value, params)
     if t.gradients:  # grouped once the stand-ins are gone and every module is back in the model
-        t.gradient_norms = _group_norms(t.adapter, norms, t.target_value)
+        t.gradient_norms = group_norms(t.adapter, norms, t.target_value)
     # perturb has restored the edited weights, which bumped their versions: the graph of the edited
     # layers can no longer be back-propagated, and the check above will see that.
 
@@ -508,23 +508,6 @@ def _backward(t: Trace, value: torch.Tensor, params: list[torch.Tensor]) -> dict
         if t._embedding_hook is not None:
             t._embedding_hook.into = None
     return norms
-
-
-def _group_norms(adapter: Adapter, norms: dict[int, torch.Tensor], value: torch.Tensor) -> GradientNorms:
-    """Per-parameter norms grouped by module and block (sums of squares in float64, float32 at the end)."""
-    model = adapter.model
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    parameters = {name: norms[i].float() for i, ns in names.items() if i in norms for name in ns}
-    modules: dict[str, torch.Tensor] = {}
-    for module_name, module in model.named_modules():
-        squares = [norms[id(p)].square().to(value.device) for p in module.parameters() if id(p) in norms]
-        if squares:
-            modules[module_name] = torch.stack(squares).sum().sqrt().float()
-    prefix = {id(m): name for name, m in model.named_modules()}
-    layers = [modules.get(prefix[id(block)], torch.zeros(())) for block in adapter.layers]
-    return GradientNorms(parameters, modules, layers, value)
 
 
 # --- integrated gradients, on request -----------------------------------------------------------------
