@@ -212,7 +212,7 @@ def test_bad_edits_fail_before_any_weight_changes(edit, match):
 
 def test_moe_models_refuse_neuron_edits_and_accept_head_edits():
     model = tiny("mixtral")
-    with pytest.raises(EditError, match="no neurons part"):
+    with pytest.raises(EditError, match="no MLP down projection"):
         perturb(model, AblateNeuron(0, 1)).start()
     before = snapshot(model)
     with perturb(model, AblateHead(0, 1)):
