@@ -156,12 +156,19 @@ def test_bad_steer_edits_are_refused():
 
 
 @pytest.mark.real_model
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 def test_smollm2_steering_moves_the_prediction(smollm2):
     model, tok = smollm2
+    # Counted, not required to be zero: the session's SmolLM2 may carry transformers' own output-recording
+    # hooks, installed the first time another test asked it for output_attentions/output_hidden_states.
+    hooks = _hook_count(model)
     v = steering_vector(model, tok, ["I love this. It is wonderful"], ["I hate this. It is awful"], 10)
     preview = steer_preview(model, tok, "The movie was", Steer(10, v, 4.0), new_tokens=4)
     assert preview.kl > 0.01
-    assert _no_hooks(model)
+    assert _hook_count(model) == hooks
 
 
 @pytest.mark.parametrize("gradients", [False, True])
