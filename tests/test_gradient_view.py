@@ -101,3 +101,11 @@ def test_model_left_as_it_was_even_with_existing_grads():
     assert model.training and torch.equal(p.grad, torch.full_like(p, 3.0))
     assert all(q.requires_grad for q in model.parameters()) and frozen.requires_grad
     model.eval()
+
+
+def test_a_chart_click_still_selects_after_the_view_was_shown_an_edited_trace():
+    model = tiny("llama")
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    view.show(view.trace.edit(nbinspect.AblateHead(1, 0)))  # a slider move: the chart gets a new spec
+    view.chart._vl_selections = {"layer_pick": {"value": {"vlPoint": {"or": [{"layer": 2}]}}, "store": []}}
+    assert view.selection.layer == 2

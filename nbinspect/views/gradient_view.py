@@ -188,6 +188,8 @@ class GradientView(View):
         """Show another trace of the same text (an edit re-ran its backward): new norms and scores."""
         super().show(trace)
         self.chart.chart = self._chart_spec(trace)
+        # A new spec gives the JupyterChart new selection objects: listen to the chart clicks again.
+        self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.chart.params.current = self.selection.layer
         self.scores_of = ""
         self._send_scores()
