@@ -1,5 +1,6 @@
 // GradientView: altair's per-layer chart (a child widget, drawn with its own ESM) above the token
-// strip: the input tokens coloured by attribution, a method switch and the vanishing/exploding flags.
+// strip: the input tokens coloured by attribution, a method switch, a layer slider for the methods with a
+// value per layer (relevance, rollout, flow) and the vanishing/exploding flags.
 // Pairs with nbinspect/views/gradient_view.py. Canvas only; token text via fillText/textContent.
 import { renderChild } from "./children.js";
 import { float32sOf } from "./codecs.js";
@@ -12,6 +13,7 @@ const WIDTH = 640;
 const ROW = 22;
 const PAD = 4;
 const MAX_TOKEN_PX = 120;
+const UNSIGNED = new Set(["grad_norm", "rollout", "flow"]);
 const FONT = "12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
 let METHODS = {}; // value -> label, from the model's `methods` trait
 
@@ -22,6 +24,10 @@ const CSS = `
 .nbi-grad .nbi-note { color: #666; }
 .nbi-grad .nbi-flags { color: #9467bd; }
 .nbi-grad .nbi-busy { color: #b35c00; visibility: hidden; }
+.nbi-grad .nbi-layer { display: none; gap: 6px; align-items: center; }
+.nbi-grad .nbi-layer.is-shown { display: inline-flex; }
+.nbi-grad .nbi-layer input { width: 160px; }
+.nbi-grad .nbi-message { color: #b00020; }
 .nbi-grad.is-busy .nbi-busy { visibility: visible; }
 .nbi-grad canvas { display: block; cursor: default; }
 .nbi-grad .nbi-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96); border: 1px solid #bbb;
@@ -49,11 +55,19 @@ async function render({ model, el: host, host: anywidgetHost }) {
   const bar = el("div", "nbi-bar", root);
   el("span", null, bar).textContent = "Attribution:";
   const pick = el("select", null, bar);
+  const options = {};
   for (const [value, label] of Object.entries(METHODS)) {
     const o = el("option", null, pick);
     o.value = value;
     o.textContent = label;
+    options[value] = o;
   }
+  const layerBox = el("label", "nbi-layer", bar);
+  const layerSlider = el("input", null, layerBox);
+  layerSlider.type = "range";
+  layerSlider.step = "1";
+  const layerText = el("span", null, layerBox);
+  let pendingLayer = null; // the slider's value until Python's scores for it arrive
   const note = el("span", "nbi-note", bar);
   const busy = el("span", "nbi-busy", bar);
   busy.textContent = "computing…";
@@ -86,13 +100,38 @@ async function render({ model, el: host, host: anywidgetHost }) {
     const method = model.get("method");
     pick.value = method;
     root.classList.toggle("is-busy", model.get("busy"));
+    const unavailable = model.get("unavailable") || {};
+    for (const [value, o] of Object.entries(options)) {
+      o.textContent = METHODS[value] + (unavailable[value] ? " (not for this model)" : "");
+      o.title = unavailable[value] || "";
+    }
     const ready = model.get("scores_of") === method;
-    const scores = ready ? float32sOf(model.get("scores")) : new Float32Array(tokens.length);
+    const message = ready ? model.get("message") : "";
+    const raw = ready && !message ? float32sOf(model.get("scores")) : new Float32Array(0);
+    const scores = raw.length === tokens.length ? raw : new Float32Array(tokens.length);
     let scale = 0;
     for (const v of scores) scale = Math.max(scale, Math.abs(v));
-    const signed = method !== "grad_norm";
-    note.textContent = `${METHODS[method]} of the ${model.get("target")} for each input token` +
-      (signed ? " · red pushes it up, blue down" : "") + ` · largest |score| ${scale.toPrecision(3)}`;
+    const signed = !UNSIGNED.has(method);
+    const range = (model.get("layered") || {})[method];
+    const shown = ready ? model.get("scores_layer") : null;
+    layerBox.classList.toggle("is-shown", !!range && !message);
+    let where = "";
+    if (range) {
+      layerSlider.min = String(range[0]);
+      layerSlider.max = String(range[1]);
+      const at = pendingLayer ?? shown ?? range[0];
+      layerSlider.value = String(at);
+      const place = at < 0 ? "input embeddings" : method === "lrp" ? `after block ${at}` : at === 0 ? "through block 0" : `through blocks 0–${at}`;
+      layerText.textContent = place;
+      where = method === "lrp" ? ` at the ${at < 0 ? "input embeddings" : `residual stream after block ${at}`}` : "";
+      if (pendingLayer !== null && shown === pendingLayer) pendingLayer = null;
+    }
+    const what = method === "rollout" || method === "flow"
+      ? `${METHODS[method]} into token ${model.get("position")} (${range ? layerText.textContent : ""}; it does not depend on the target) for each input token`
+      : `${METHODS[method]} of the ${model.get("target")}${where} for each input token`;
+    note.classList.toggle("nbi-message", !!message);
+    note.textContent = message ? `${METHODS[method]}: ${message}`
+      : what + (signed ? " · red pushes it up, blue down" : "") + ` · largest |score| ${scale.toPrecision(3)}`;
     const f = model.get("flags") || {};
     const ratio = model.get("flag_ratio");
     const parts = [];
@@ -122,9 +161,12 @@ async function render({ model, el: host, host: anywidgetHost }) {
     boxes = laid;
     root.dataset.token = String(current);
     root.dataset.method = ready ? method : "";
+    root.dataset.layer = ready && shown !== null ? String(shown) : "";
+    root.dataset.message = message;
     if (ready) root.dataset.drawnAt = String(performance.now()); // for benchmarks: scores on screen
-    if (ready && root.dataset.painted !== method) {
-      root.dataset.painted = method;
+    const paintedKey = shown === null ? method : `${method}@${shown}`;
+    if (ready && root.dataset.painted !== paintedKey) {
+      root.dataset.painted = paintedKey;
       model.set("painted", model.get("painted") + 1);
       model.save_changes();
     }
@@ -138,6 +180,12 @@ async function render({ model, el: host, host: anywidgetHost }) {
     model.save_changes();
     schedule();
   });
+  layerSlider.addEventListener("input", () => {
+    pendingLayer = Number(layerSlider.value);
+    model.set("strip_layer", pendingLayer);
+    model.save_changes();
+    schedule();
+  });
   canvas.addEventListener("mousemove", (evt) => {
     const r = canvas.getBoundingClientRect();
     const x = evt.clientX - r.left;
@@ -148,7 +196,7 @@ async function render({ model, el: host, host: anywidgetHost }) {
       return;
     }
     sel.set({ token: hit.i }, { throttle: true });
-    const scores = float32sOf(model.get("scores"));
+    const scores = model.get("message") ? new Float32Array(0) : float32sOf(model.get("scores"));
     tip.show(evt, `${JSON.stringify(model.get("tokens")[hit.i])} #${hit.i}\n${METHODS[model.get("method")]}: ${(scores[hit.i] ?? NaN).toExponential(3)}`);
   });
   canvas.addEventListener("mouseleave", () => {
@@ -156,7 +204,7 @@ async function render({ model, el: host, host: anywidgetHost }) {
     sel.set({ token: -1 }, { throttle: true });
   });
 
-  const keys = ["scores", "scores_of", "method", "busy", "flags", "tokens"];
+  const keys = ["scores", "scores_of", "scores_layer", "message", "unavailable", "method", "busy", "flags", "tokens"];
   for (const k of keys) model.on(`change:${k}`, schedule);
   sel.on(schedule);
   draw();

@@ -449,4 +449,30 @@ def _flow(trace, layer: int | None = None) -> np.ndarray:
 STRIP_METHODS = {"lrp": lrp, "rollout": _rollout, "flow": _flow}
 
 
-__all__ = ["RULES", "STRIP_METHODS", "Relevance", "lrp", "propagate", "relevance", "trace_relevance"]
+def strip_unavailable(trace, method: str) -> str | None:
+    """Why ``STRIP_METHODS[method]`` cannot explain ``trace`` (one sentence), or ``None`` when it can.
+
+    Cheap: reads the model's family, the trace's target and its length; runs nothing. A method that
+    passes may still refuse while it runs (e.g. a norm that is not LayerNorm/RMSNorm)."""
+    if method == "lrp":
+        try:
+            _wiring(trace.adapter, "attnlrp")
+        except UnsupportedModelError as e:
+            return f"not for this model: {e}"
+        if getattr(trace.target, "kind", "token") == "loss":
+            return ("relevance explains a logit (or a logit difference), not the loss: make the trace with "
+                    "target=None (the predicted token), a token or foil=... to see it.")
+        return None
+    if method == "flow":
+        from .rollout import FLOW_MAX_TOKENS
+
+        if trace.n_tokens > FLOW_MAX_TOKENS:
+            return (f"attention flow solves one max-flow per token and is limited to {FLOW_MAX_TOKENS} tokens; "
+                    f"this text has {trace.n_tokens}: use attention rollout, or a shorter text.")
+        return None
+    if method == "rollout":
+        return None
+    raise ValueError(f"unknown strip method {method!r}; choose one of {', '.join(STRIP_METHODS)}.")
+
+
+__all__ = ["RULES", "STRIP_METHODS", "Relevance", "lrp", "propagate", "relevance", "strip_unavailable", "trace_relevance"]

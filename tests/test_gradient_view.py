@@ -109,3 +109,108 @@ def test_a_chart_click_still_selects_after_the_view_was_shown_an_edited_trace():
     view.show(view.trace.edit(nbinspect.AblateHead(1, 0)))  # a slider move: the chart gets a new spec
     view.chart._vl_selections = {"layer_pick": {"value": {"vlPoint": {"or": [{"layer": 2}]}}, "store": []}}
     assert view.selection.layer == 2
+
+
+# --- relevance, rollout and flow in the strip --------------------------------------------------------------
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def _model_state(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(p.requires_grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()],
+            [m.training for m in model.modules()], _hooks(model))
+
+
+def _assert_unchanged(model, before):
+    weights, params, training, hooks = _model_state(model)
+    assert all(torch.equal(weights[k], v) for k, v in before[0].items()) and weights.keys() == before[0].keys()
+    for (rg, g), (rg2, g2) in zip(before[1], params):
+        assert rg == rg2 and (g is None) == (g2 is None) and (g is None or torch.equal(g, g2))
+    assert training == before[2] and hooks == before[3]
+
+
+def _sent(view):
+    return np.frombuffer(view.scores, dtype=np.float32)
+
+
+def test_switching_to_lrp_sends_the_relevance_and_the_layer_slider_moves_it(monkeypatch):
+    rel = importlib.import_module("nbinspect.relevance")  # the module (nbinspect.relevance is the function)
+
+    model = tiny("llama")
+    p = next(model.parameters())
+    p.grad = torch.full_like(p, 2.0)  # an existing .grad must survive the relevance backward
+    before = _model_state(model)
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    assert {"lrp", "rollout", "flow"} <= set(view.methods) and view.unavailable == {}
+    assert view.layered["lrp"] == [-1, 2] and view.layered["rollout"] == [0, 2]
+    runs = []
+    real = rel.propagate
+    monkeypatch.setattr(rel, "propagate", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    view.method = "lrp"
+    assert view.scores_of == "lrp" and view.scores_layer == -1 and view.message == "" and not view.busy
+    at_input = _sent(view).copy()
+    np.testing.assert_array_equal(at_input, rel.lrp(view.trace))
+    assert np.abs(at_input).max() > 0
+    view.strip_layer = 1  # the layer slider
+    assert view.scores_layer == 1
+    np.testing.assert_array_equal(_sent(view), rel.lrp(view.trace, layer=1))
+    assert not np.allclose(_sent(view), at_input)
+    # Flipping to another method and back is served from the trace: one relevance run in all.
+    view.method = "grad_x_input"
+    view.strip_layer = None
+    view.method = "lrp"
+    np.testing.assert_array_equal(_sent(view), at_input)
+    assert len(runs) == 1
+    _assert_unchanged(model, before)
+
+    # An edit (a slider of the panel) gives a new trace: relevance is recomputed under the edit.
+    edited = view.trace.edit(nbinspect.AblateHead(0, 1))
+    view.show(edited)
+    assert len(runs) == 2 and view.scores_of == "lrp"
+    np.testing.assert_array_equal(_sent(view), rel.lrp(edited))
+    assert not np.allclose(_sent(view), at_input)
+    _assert_unchanged(model, before)
+    model.zero_grad(set_to_none=True)
+
+
+def test_rollout_and_flow_in_the_strip_follow_the_layer_slider():
+    from nbinspect.rollout import flow, rollout
+
+    model = tiny("gpt2")
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    view.method = "rollout"
+    assert view.scores_layer == 2  # through every block by default
+    np.testing.assert_allclose(_sent(view), rollout(view.trace), atol=1e-7)
+    assert _sent(view).sum() == pytest.approx(1.0, abs=1e-5)
+    view.strip_layer = 0
+    np.testing.assert_allclose(_sent(view), rollout(view.trace, layer=0), atol=1e-7)
+    view.strip_layer = -1  # below rollout's range: its first layer
+    assert view.scores_layer == 0
+    view.method = "flow"
+    assert view.scores_layer == 0
+    np.testing.assert_allclose(_sent(view), flow(view.trace, layer=0), atol=1e-7)
+    with pytest.raises(Exception, match="out of range"):
+        view.strip_layer = 3
+
+
+def test_a_model_relevance_does_not_know_gets_the_message_not_an_error():
+    model = tiny("gpt_neox")
+    before = _model_state(model)
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    assert "not for this model" in view.unavailable["lrp"] and "gpt_neox" in view.unavailable["lrp"]
+    view.method = "lrp"
+    assert view.scores_of == "lrp" and view.scores == b"" and "not for this model" in view.message
+    assert not view.busy
+    with pytest.raises(ValueError, match="not for this model"):
+        view.attribution("lrp")
+    view.method = "rollout"  # the attention-based methods work for any family
+    assert view.message == "" and _sent(view).shape == (len(TEXT),)
+    _assert_unchanged(model, before)
+
+
+def test_a_loss_target_has_no_relevance_and_says_so():
+    view = nbinspect.gradient_flow(tiny("llama"), CharTokenizer(), TEXT, target="loss")
+    view.method = "lrp"
+    assert view.scores == b"" and "not the loss" in view.message

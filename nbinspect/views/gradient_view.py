@@ -6,8 +6,10 @@ Two parts, one view:
   norm per layer and per module type (attention, MLP, norm, embedding) on a log scale, with layers
   flagged whose total norm is more than ``FLAG_RATIO`` times below (vanishing) or above (exploding)
   the median layer's; clicking a point selects that layer in the shared :class:`Selection`;
-- the input tokens coloured by attribution (gradient norm, gradient × input, integrated gradients),
-  switchable in the browser; integrated gradients are computed only when asked for.
+- the input tokens coloured by attribution (gradient norm, gradient × input, integrated gradients,
+  AttnLRP relevance, attention rollout and attention flow), switchable in the browser; the last three
+  have a layer slider. Integrated gradients, relevance (its own backward under modified rules, in
+  :mod:`nbinspect.relevance`) and flow are computed only when asked for, once per trace and layer.
 
 The chart carries one number per layer and module type (a few hundred at most), the only floats
 nbinspect ever sends as JSON; token scores travel as float32 bytes.
@@ -24,8 +26,9 @@ import torch
 import traitlets
 
 from .. import codecs
-from ..adapters import Adapter, ModelParts
+from ..adapters import Adapter, ModelParts, UnsupportedModelError
 from ..gradients import GradientNorms
+from ..relevance import STRIP_METHODS, strip_unavailable
 from ..trace import Trace
 from ._bundle import bundle
 from .base import View, as_trace
@@ -124,12 +127,25 @@ def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, tit
 
 
 #: Attribution methods the strip offers: name -> (label, function of a Trace returning float32 [tokens]).
-#: Multi-pass methods (integrated gradients) run only when picked; others plug in here.
-ATTRIBUTIONS: dict[str, tuple[str, Callable[[Trace], torch.Tensor]]] = {
+#: Multi-pass methods (integrated gradients, relevance, flow) run only when picked; others plug in here.
+#: Methods in ``LAYERED`` take ``layer=`` too (see ``GradientView.strip_layer``).
+ATTRIBUTIONS: dict[str, tuple[str, Callable[..., torch.Tensor]]] = {
     "grad_norm": ("gradient norm", lambda t: t.attribution("grad_norm")),
     "grad_x_input": ("gradient × input", lambda t: t.attribution("grad_x_input")),
     "integrated_gradients": ("integrated gradients", lambda t: t.attribution("integrated_gradients")),
+    "lrp": ("AttnLRP relevance", STRIP_METHODS["lrp"]),
+    "rollout": ("attention rollout", STRIP_METHODS["rollout"]),
+    "flow": ("attention flow", STRIP_METHODS["flow"]),
 }
+#: Methods with a value per layer: name -> the lowest layer the slider offers (-1: at the input
+#: embeddings, relevance's default; rollout and flow start after block 0 and default to the last block).
+LAYERED = {"lrp": -1, "rollout": 0, "flow": 0}
+#: Signed methods (red pushes the target up, blue down); the others are shares, drawn white → red.
+UNSIGNED = {"grad_norm", "rollout", "flow"}
+
+
+def _default_layer(method: str, n_layers: int) -> int:
+    return -1 if method == "lrp" else n_layers - 1
 
 
 class GradientView(View):
@@ -144,23 +160,40 @@ class GradientView(View):
     chart = traitlets.Instance(alt.JupyterChart, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
     #: name -> label of the attribution methods offered (see ``ATTRIBUTIONS``).
     methods = traitlets.Dict().tag(sync=True)
-    #: The method shown; switching to integrated gradients computes them on the spot.
+    #: name -> why that method cannot explain this trace ("not for this model: ..."); absent: it can.
+    unavailable = traitlets.Dict().tag(sync=True)
+    #: name -> [lowest, highest] layer of the methods with a value per layer (the layer slider's range).
+    layered = traitlets.Dict().tag(sync=True)
+    #: The method shown; switching to integrated gradients, relevance or flow computes them on the spot.
     method = traitlets.Unicode("grad_x_input").tag(sync=True)
-    #: float32 [tokens] scores of ``method`` (signed for gradient × input and integrated gradients).
+    #: Layer slider of the layered methods: -1 at the input embeddings (relevance only), ``i`` after
+    #: block ``i`` (relevance of the residual stream there; rollout / flow through blocks 0..i);
+    #: ``None``: the method's default (relevance at the input, rollout / flow through every block).
+    strip_layer = traitlets.Int(None, allow_none=True).tag(sync=True)
+    #: float32 [tokens] scores of ``method`` (signed for gradient × input, integrated gradients, relevance).
     scores = traitlets.Bytes(b"").tag(sync=True)
     scores_of = traitlets.Unicode("").tag(sync=True)
+    #: The layer ``scores`` are of (a layered method), else ``None``.
+    scores_layer = traitlets.Int(None, allow_none=True).tag(sync=True)
+    #: Why ``method`` shows no scores for this trace (then ``scores`` is empty), else "".
+    message = traitlets.Unicode("").tag(sync=True)
     target = traitlets.Unicode("").tag(sync=True)
+    #: Position whose state rollout / flow trace back (they do not depend on the target token).
+    position = traitlets.Int(-1).tag(sync=True)
     flags = traitlets.Dict().tag(sync=True)
     flag_ratio = traitlets.Float(FLAG_RATIO).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, trace: Trace, selection: Selection | None = None, **kwargs):
-        super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()}, **kwargs)
+        n_layers = trace.adapter.n_layers
+        super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()},
+                         layered={k: [low, n_layers - 1] for k, low in LAYERED.items()}, **kwargs)
         self.chart = alt.JupyterChart(self._chart_spec(trace), embed_options={"renderer": "canvas", "actions": False})
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.selection.observe(self._layer_moved, ["layer"])
-        self.observe(self._method_changed, ["method"])
+        self.observe(self._method_changed, ["method", "strip_layer"])
         self.chart.params.current = self.selection.layer
+        self._describe(trace)
         self._send_scores()
 
     @classmethod
@@ -174,6 +207,17 @@ class GradientView(View):
         if proposal["value"] not in ATTRIBUTIONS:
             raise traitlets.TraitError(f"unknown attribution method {proposal['value']!r}; choose one of {', '.join(ATTRIBUTIONS)}.")
         return proposal["value"]
+
+    @traitlets.validate("strip_layer")
+    def _valid_layer(self, proposal):
+        value, n_layers = proposal["value"], self._adapter.n_layers
+        if value is not None and not -1 <= value < n_layers:
+            raise traitlets.TraitError(f"strip_layer {value} is out of range: -1 (the input) or a layer 0..{n_layers - 1}.")
+        return value
+
+    def _describe(self, trace: Trace) -> None:
+        self.unavailable = {m: why for m in LAYERED if (why := strip_unavailable(trace, m)) is not None}
+        self.position = trace.target.position
 
     def _chart_spec(self, trace: Trace) -> alt.LayerChart:
         adapter, norms = trace.adapter, trace.gradient_norms
@@ -191,23 +235,54 @@ class GradientView(View):
         # A new spec gives the JupyterChart new selection objects: listen to the chart clicks again.
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.chart.params.current = self.selection.layer
+        self._describe(trace)
         self.scores_of = ""
         self._send_scores()
 
-    def attribution(self, method: str | None = None) -> torch.Tensor:
-        """Attribution per token for ``method`` (default: the one shown), float32 on the host."""
+    def layer_of(self, method: str | None = None) -> int | None:
+        """The layer ``method`` (default: the one shown) is shown at: ``strip_layer`` within the
+        method's range, else its default; ``None`` for methods without layers."""
+        method = method or self.method
+        if method not in LAYERED:
+            return None
+        n_layers = self._adapter.n_layers
+        if self.strip_layer is None:
+            return _default_layer(method, n_layers)
+        return max(LAYERED[method], min(n_layers - 1, self.strip_layer))
+
+    def attribution(self, method: str | None = None, layer: int | None = None) -> torch.Tensor:
+        """Attribution per token for ``method`` (default: the one shown), float32 on the host; the layered
+        methods at ``layer`` (default: the slider's, see ``layer_of``). Raises when the method cannot
+        explain this trace: ``ValueError`` with the sentence ``unavailable`` holds, or what the method
+        itself raised."""
         method = method or self.method
         if method not in ATTRIBUTIONS:
             raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTIONS)}.")
-        return ATTRIBUTIONS[method][1](self.trace)
+        fn = ATTRIBUTIONS[method][1]
+        if method not in LAYERED:
+            return fn(self.trace)
+        layer = self.layer_of(method) if layer is None else layer
+        if why := self.unavailable.get(method):
+            raise ValueError(why)
+        # Cached per trace, method and layer: flipping back is instant; a new trace (an edit) recomputes.
+        return self.trace.cached(("strip", method, layer), lambda: torch.as_tensor(
+            fn(self.trace, layer=None if layer == -1 else layer), dtype=torch.float32))
 
     def _send_scores(self) -> None:
         method = self.method
+        layer = self.layer_of(method)
         self.busy = True
         try:
-            values = self.attribution(method)
+            try:
+                values, message = self.attribution(method, layer), ""
+            except (UnsupportedModelError, ValueError, ImportError) as e:
+                if method not in LAYERED:
+                    raise
+                values, message = None, str(e)  # the strip says why; the view keeps working
             with self.hold_sync():
-                self.scores = codecs.float32_bytes(values)
+                self.scores = b"" if values is None else codecs.float32_bytes(values)
+                self.message = message
+                self.scores_layer = layer
                 self.scores_of = method
         finally:
             self.busy = False
