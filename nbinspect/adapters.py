@@ -520,17 +520,27 @@ class Adapter:
         if head is self.unembedding() and all(hasattr(m, n) for n in ("vocab_transform", "activation", "vocab_layer_norm")):
             hidden = m.vocab_layer_norm(m.activation(m.vocab_transform(hidden)))  # DistilBERT's masked-LM head
         logits = head(hidden)
-        c = self.config
-        cap = getattr(c, "final_logit_softcapping", None)
-        if cap:
+        factor, cap = self.logit_transform()
+        if cap is not None:
             logits = torch.tanh(logits / cap) * cap
+        if factor != 1.0:
+            logits = logits * factor
+        return logits
+
+    def logit_transform(self) -> tuple[float, float | None]:
+        """(linear factor, soft cap or None) that :meth:`unembed` applies after the head: Cohere's
+        ``logit_scale`` multiplies, Granite's ``logits_scaling`` divides, Gemma 2/3 soft-cap (no family
+        has both, so their order never matters)."""
+        c = self.config
+        factor = 1.0
         scale = getattr(c, "logit_scale", None)
         if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-            logits = logits * scale
+            factor *= float(scale)
         divide = getattr(c, "logits_scaling", None)
-        if divide:
-            logits = logits / divide
-        return logits
+        if isinstance(divide, (int, float)) and not isinstance(divide, bool) and divide:
+            factor /= float(divide)
+        cap = getattr(c, "final_logit_softcapping", None)
+        return factor, (float(cap) if cap else None)
 
     def tied_embeddings(self) -> bool:
         emb, unemb = self.embedding(), self.unembedding()
