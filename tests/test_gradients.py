@@ -143,3 +143,15 @@ def test_smollm2_gradient_norms_match_backward(smollm2):
                  "model.layers.29.mlp.down_proj.weight"):
         torch.testing.assert_close(result.parameters[name], expected[name], rtol=1e-5, atol=1e-8)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-25, 1e-40, 1e25])
+def test_gradient_norm_is_a_float64_norm_at_any_scale(scale):
+    # Vanishing and exploding gradients are what users look for: tiny or huge values must not
+    # underflow or overflow float32 squares on the fast path.
+    from nbinspect.gradients import _norm64
+
+    g = torch.randn(3 * 4096 + 17, generator=torch.Generator().manual_seed(0)) * scale
+    g[::5] *= 100
+    exact = torch.linalg.vector_norm(g.double())
+    assert float(_norm64(g)) == pytest.approx(float(exact), rel=1e-6)
