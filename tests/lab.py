@@ -167,3 +167,22 @@ def canvas_ink(page, selector: str) -> float:
         }""",
         selector,
     )
+
+
+def js_wait(page, condition: str, timeout: int = 30_000) -> None:
+    """Wait until the JS expression ``condition`` is true (an expression that throws counts as not yet)."""
+    page.wait_for_function(f"() => {{ try {{ return {condition}; }} catch (e) {{ return false; }} }}", timeout=timeout)
+
+
+def py(page, code: str) -> str:
+    """Run ``code`` in the notebook's kernel; its printed output, which must hold no error."""
+    out = kernel(page, code)
+    assert "ERROR" not in out, out
+    return out.strip()
+
+
+def altair_params_error(error: str) -> bool:
+    """altair's own JupyterChart handler ('change:_params' in altair/jupyter/js/index.js) reads
+    ``new_params.changed._params``, undefined when Python moves the chart's params through the widget
+    manager's set_state: a console error in JupyterLab and Notebook 7 alike, the chart keeps working."""
+    return "Cannot convert undefined or null to object" in error and "Object.entries" in error and "set_state" in error

@@ -6,7 +6,7 @@ import json
 import nbformat
 import pytest
 
-from lab import chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
+from lab import altair_params_error, chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -16,16 +16,6 @@ DASH_ATT = "document.querySelectorAll('.nbi-attn')[0]"
 VIEW_ATT = "[...document.querySelectorAll('.nbi-attn')].at(-1)"
 NEURONS = "document.querySelector('.nbi-neur')"
 STRIP = "document.querySelector('.nbi-grad')"
-
-
-def js_wait(page, condition: str, timeout: int = 30_000):
-    page.wait_for_function(f"() => {{ try {{ return {condition}; }} catch (e) {{ return false; }} }}", timeout=timeout)
-
-
-def py(page, code: str) -> str:
-    out = kernel(page, code)
-    assert "ERROR" not in out, out
-    return out.strip()
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +35,7 @@ def quickstart(lab, browser):
     url, _ = lab
     page = open_notebook(browser, url, "quickstart.ipynb")
     errors = []
-    # altair's own JupyterChart handler ('change:_params' in altair/jupyter/js/index.js) reads
-    # new_params.changed._params, undefined when Python moves the chart's params through the widget
-    # manager's set_state; the chart keeps working (also seen in Notebook 7, tests/test_hosts.py).
+    # altair's own chart handler logs one known error when Python moves its params (see lab.altair_params_error).
     page.on("pageerror", lambda e: None if altair_params_error(e.stack or str(e)) else errors.append(e.stack or str(e)))
     run_all(page)
     wait_idle_after_run(page, timeout_ms=240_000)
@@ -56,9 +44,6 @@ def quickstart(lab, browser):
     assert not errors, errors
     page.close()
 
-
-def altair_params_error(error: str) -> bool:
-    return "Cannot convert undefined or null to object" in error and "Object.entries" in error and "set_state" in error
 
 
 def test_attention_view_draws_and_syncs_both_ways(quickstart, artifacts):

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lab import NOTEBOOKS, chromium, free_port, kernel, run_all, wait_idle_after_run
+from lab import NOTEBOOKS, altair_params_error, chromium, free_port, js_wait, py, run_all, wait_idle_after_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -55,14 +55,7 @@ def browser():
         yield b
 
 
-def wait_js(page, condition: str, timeout: int = 30_000):
-    page.wait_for_function(f"() => {{ try {{ return {condition}; }} catch (e) {{ return false; }} }}", timeout=timeout)
-
-
-def py(page, code: str) -> str:
-    out = kernel(page, code)
-    assert "ERROR" not in out, out
-    return out.strip()
+wait_js = js_wait
 
 
 # --- Notebook 7 ------------------------------------------------------------------------------------
@@ -111,13 +104,6 @@ def test_notebook7_renders_the_quickstart_links_views_and_recomputes(notebook7, 
     assert float(py(page, "print(dash.perturb.summary['positions'][-1]['kl'])")) > 0
     assert not [e for e in errors if not altair_params_error(e)], errors
     page.close()
-
-
-def altair_params_error(error: str) -> bool:
-    """altair's JupyterChart (altair/jupyter/js/index.js, 'change:_params') reads ``new_params.changed._params``,
-    which is undefined when Python updates the chart's params under jupyter-widgets' manager: a console
-    error in Notebook 7 (seen with and without nbinspect.save), the chart itself keeps working."""
-    return "Cannot convert undefined or null to object" in error and "Object.entries" in error and "set_state" in error
 
 
 # --- marimo ----------------------------------------------------------------------------------------
