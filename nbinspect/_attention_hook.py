@@ -30,8 +30,9 @@ Listener = Callable[[torch.Tensor], None]
 
 _lock = threading.RLock()
 # id(attention module) -> (callback receiving [batch, heads, q, k], the dtype to hand it over in,
-# whether the model's own attention function must still compute the output: see `listening`)
-_listeners: dict[int, tuple[Listener, torch.dtype, bool]] = {}
+# whether the model's own attention function must still compute the output, whether only the last
+# query's row is wanted ([batch, heads, 1, k]): see `listening`)
+_listeners: dict[int, tuple[Listener, torch.dtype, bool, bool]] = {}
 _installed: dict[str, tuple[bool, object]] = {}  # implementation name -> (had local entry, previous entry)
 _users: dict[str, int] = {}
 
@@ -128,6 +129,29 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     return out
 
 
+def last_query_weights(module: nn.Module, query, key, attention_mask, scaling=None, softcap: float | None = None):
+    """Eager attention probabilities of the LAST query only, float32 ``[batch, heads, 1, k]``.
+
+    ``softmax(q_last kᵀ · scale + mask_last)``: one small matmul per layer, what a generation step needs
+    (at a KV-cache step the query is one token anyway; at the prompt step the other rows are skipped).
+    The last query sees every key under a causal mask, so none is rebuilt when the model passed none.
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    if scaling is None:
+        scaling = dim**-0.5
+    q = (query[:, :, -1:].float() * scaling).view(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).view(batch, heads, 1, k_len)
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        mask = attention_mask[..., -1:, :k_len]
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        scores = scores + mask.float()
+    return torch.softmax(scores, dim=-1)
+
+
 _causal_cache: dict[tuple, torch.Tensor] = {}
 _scratch_cache: dict[tuple, torch.Tensor] = {}  # (device, thread) -> buffer: two threads never share one
 
@@ -177,8 +201,15 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
     def capturing_attention(module, query, key, value, attention_mask, *args, **kwargs):
         fn = original if original is not None else _module_eager(module)
         entry = _listeners.get(id(module))
+        if entry is not None and entry[3]:  # the last query's row only, beside the model's own call
+            out = fn(module, query, key, value, attention_mask, *args, **kwargs)
+            with torch.no_grad():
+                weights = last_query_weights(module, query, key, attention_mask, kwargs.get("scaling"),
+                                             kwargs.get("softcap"))
+            entry[0](weights if entry[1] == torch.float32 else weights.to(entry[1]))
+            return out
         if entry is not None and not entry[2] and original is not None and _can_replace(query, args, kwargs):
-            listener, dtype, _ = entry
+            listener, dtype, _, _ = entry
             with torch.no_grad():
                 weights, output = attention_weights(
                     module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype, value
@@ -187,7 +218,7 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
             return output, None
         out = fn(module, query, key, value, attention_mask, *args, **kwargs)
         if entry is not None:
-            listener, dtype, _ = entry
+            listener, dtype, _, _ = entry
             weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
             with torch.no_grad():
                 if weights is None or weights.dtype != torch.float32:
@@ -291,10 +322,13 @@ class listening:
     output computed alongside the weights, eager's math: about half the cost at long inputs, with outputs
     that differ from sdpa's in the last bits, as eager's do. Under autograd, with dropout or with
     arguments such as a sliding window or soft-capping, the module's own function runs regardless.
+    ``last_query=True`` hands over only the last query's row, ``[batch, heads, 1, k]``, computed beside the
+    model's own call (see `last_query_weights`; modules computing weights in their own code hand over all
+    rows: take ``[..., -1, :]``).
     """
 
     def __init__(self, model: nn.Module, listeners: dict[nn.Module, Listener], dtype: torch.dtype = torch.float32,
-                 exact: bool = True):
+                 exact: bool = True, last_query: bool = False):
         if ALL_ATTENTION_FUNCTIONS is None:
             raise RuntimeError("capturing attention needs transformers >= 4.48 (its attention-function registry).")
         self.name = implementation_of(model)
@@ -302,6 +336,7 @@ class listening:
         self.own_code = {m: fn for m, fn in listeners.items() if m not in self.listeners}
         self.dtype = dtype
         self.exact = exact
+        self.last_query = last_query
         self._handles: list = []
 
     def __enter__(self):
@@ -314,7 +349,7 @@ class listening:
                     _install(self.name)
                 _users[self.name] = _users.get(self.name, 0) + 1
             for module, fn in self.listeners.items():
-                _listeners[id(module)] = (fn, self.dtype, self.exact)
+                _listeners[id(module)] = (fn, self.dtype, self.exact, self.last_query)
         try:
             for module, fn in self.own_code.items():
                 self._handles += _hook_own_code(module, fn, self.dtype)

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, ModelParts
-from .capture import Request, capture
 from .inputs import encode, token_strings
 from .perturb import Edit, model_lock, perturb
 
@@ -119,34 +118,115 @@ class Generation:
         return top.indices.cpu(), top.values.cpu(), probs[:, s.token].cpu()
 
 
-def _last_position(layer, value):
-    return value[0, -1].to(torch.float16)
+class _Recorder:
+    """Hooks that keep, for the last position of each forward, what a :class:`Step` holds.
 
+    Cheap per layer on purpose (capture's general hooks cost more than a small model's step): each hook
+    does one device-side copy into the step's preallocated buffer (residual, neurons) or keeps a
+    reference to the freshly computed attention row (``_attention_hook``'s last-query mode: one small
+    matmul beside the model's own sdpa call, no n x n weights at the prompt step); the step's packing
+    (uint8 attention with one scale per layer and head, float16 residual and neurons) and its one move
+    to the host happen once per step, in :meth:`take`. Nothing forces eager attention.
+    """
 
-def _attention_row(layer, weights):
-    """[batch, heads, query, key] -> the last query's row as uint8 with one scale per head."""
-    row = weights[0, :, -1, :].float()
-    scale = row.amax(-1).clamp_min(1e-12)
-    return (row / scale[:, None] * 255).round_().to(torch.uint8), scale
+    def __init__(self, adapter: Adapter):
+        self.adapter, self.n = adapter, adapter.n_layers
+        self.neurons_ok = adapter.parts.neurons is not None and all(adapter.has_part(i, "neurons") for i in range(self.n))
+        self.rows: list = [None] * self.n
+        self.residual: torch.Tensor | None = None
+        self.neurons: torch.Tensor | None = None
+        self._handles: list = []
+        self._listening = None
+
+    def __enter__(self) -> _Recorder:
+        from . import _attention_hook
+
+        a = self.adapter
+        try:
+            listeners = {a.attention(i): self._on_attention(i) for i in range(self.n)}
+            self._listening = _attention_hook.listening(a.model, listeners, last_query=True)
+            self._listening.__enter__()
+            self._handles.append(a.layers[0].register_forward_pre_hook(self._begin, with_kwargs=True))
+            for i in range(self.n):
+                self._handles.append(a.layers[i].register_forward_hook(self._on_residual(i)))
+                if self.neurons_ok:
+                    self._handles.append(a.part(i, "neurons").register_forward_pre_hook(self._on_neurons(i)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            listening.__exit__(None, None, None)
+        return False
+
+    def _begin(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.residual = torch.empty(self.n, hidden.shape[-1], dtype=torch.float16, device=hidden.device)
+        self.neurons = None
+
+    def _on_attention(self, layer: int):
+        rows = self.rows
+
+        def keep(weights):  # [batch, heads, 1 (or all queries: own-code attention), keys], fresh: no copy
+            rows[layer] = weights[0, :, -1]
+
+        return keep
+
+    def _on_residual(self, layer: int):
+        def after(module, args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            self.residual[layer].copy_(hidden[0, -1] if hidden.dim() == 3 else hidden[-1])
+
+        return after
+
+    def _on_neurons(self, layer: int):
+        def on_neurons(module, args):
+            x = args[0]
+            x = x[0, -1] if x.dim() == 3 else x[-1]  # OPT's MLP sees the tokens flattened: [tokens, d_mlp]
+            if self.neurons is None:
+                self.neurons = torch.empty(self.n, x.shape[-1], dtype=torch.float16, device=x.device)
+            self.neurons[layer].copy_(x)
+
+        return on_neurons
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The last forward's (uint8 attention [layers, heads, keys], scales [layers, heads], residual,
+        neurons), on the host. Layers whose cache keeps fewer keys (sliding windows) are aligned on the
+        newest key."""
+        rows = list(self.rows)
+        self.rows[:] = [None] * self.n  # the same list: the attention listeners hold it
+        width = max(r.shape[-1] for r in rows)
+        if all(r.shape[-1] == width for r in rows):
+            weights = torch.stack(rows)
+        else:
+            weights = rows[0].new_zeros(self.n, rows[0].shape[0], width)
+            for i, r in enumerate(rows):
+                weights[i, :, width - r.shape[-1]:] = r
+        scale = weights.amax(-1).clamp_min_(1e-12)
+        attention = weights.div_(scale[..., None]).mul_(255).round_().to(torch.uint8)
+        neurons = self.neurons.cpu() if self.neurons_ok and self.neurons is not None else None
+        return attention.cpu(), scale.cpu(), self.residual.cpu(), neurons
 
 
 def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generate_kwargs: dict) -> None:
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-    adapter, model = gen.adapter, gen.model
+    model = gen.model
     pending: dict = {}
-    exact = gen.settings.get("exact", True)
-    requests = dict(attention=Request(reduce=_attention_row, exact=exact), residual=Request(reduce=_last_position))
-    if adapter.parts.neurons is not None:
-        requests["neurons"] = Request(reduce=_last_position)
+    recorder = _Recorder(gen.adapter)
 
     class Candidates(LogitsProcessor):
         """Runs after the sampling processors: sees the scores the next token is drawn from; changes nothing."""
 
         def __call__(self, input_ids, scores):
             probs = torch.softmax(scores[0].float(), dim=-1)
-            top = probs.topk(min(top_k, probs.shape[-1]))
-            pending["top"] = (top.indices.cpu(), top.values.cpu())
+            pending["top"] = probs.topk(min(top_k, probs.shape[-1]))
             pending["probs"] = probs
             return scores
 
@@ -154,28 +234,22 @@ def _run(gen: Generation, inputs: dict, max_new_tokens: int, top_k: int, generat
         """Called once per new token, after it is chosen: file the step, and stop when asked."""
 
         def __call__(self, input_ids, scores, **kwargs):
-            token = int(input_ids[0, -1])
-            n = adapter.n_layers
-            rows = [record.attention[i] for i in range(n)]
-            width = max(r[0].shape[-1] for r in rows)
-            attention = torch.zeros(n, adapter.n_heads, width, dtype=torch.uint8)
-            for i, (q, _) in enumerate(rows):
-                attention[i, :, : q.shape[-1]] = q.cpu()
-            scales = torch.stack([r[1].cpu() for r in rows])
-            residual = torch.stack([record.residual[i].after.cpu() for i in range(n)])
-            neurons = torch.stack([record.neurons[i].cpu() for i in range(n)]) if record.neurons else None
-            ids, probs = pending.pop("top")
-            text = token_strings(gen.tokenizer, torch.tensor([[token]]))[0]
-            chosen = float(pending.pop("probs")[token])
-            gen.steps.append(Step(token, text, ids, probs, attention, scales, residual, neurons, chosen))
+            last = input_ids[0, -1]
+            top, probs = pending.pop("top"), pending.pop("probs")
+            # One move to the host per step: the token, the top-k and the chosen token's probability together.
+            packed = torch.cat([last.to(probs.dtype).view(1), probs[last].view(1), top.values]).cpu()
+            token, chosen = int(packed[0]), float(packed[1])
+            attention, scales, residual, neurons = recorder.take()
+            text = gen.tokenizer.decode([token])
+            gen.steps.append(Step(token, text, top.indices.cpu(), packed[2:], attention, scales, residual, neurons,
+                                  chosen))
             for listener in list(gen._listeners):
                 listener(len(gen.steps) - 1)
             return torch.full((input_ids.shape[0],), gen._stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
     start = time.perf_counter()
     try:
-        with model_lock(model), perturb(model, *gen.edits), capture(model, logits=False, **requests) as record, \
-                torch.no_grad():
+        with model_lock(model), perturb(model, *gen.edits), recorder, torch.no_grad():
             model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -198,10 +272,9 @@ def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
     """Start generating (see the module docs); returns the :class:`Generation` filling up.
 
     ``edits``: generate under these weight edits (``nbinspect.AblateHead(3, 2)`` …), restored exactly after.
-    ``exact``: ``True`` keeps the model's own attention call, so the tokens are exactly those of a plain
-    ``generate``, and computes the weights beside it; ``False`` lets the captured weights produce the
-    attention output (eager's math: about half the attention cost; last-bit differences from sdpa can
-    change a near-tied greedy choice). See :class:`nbinspect.Request`.
+    ``exact``: kept for older calls and without effect: the attention row of the new token is computed
+    beside the model's own attention call (one small matmul per layer), so the tokens are always those of
+    a plain ``generate``.
     """
     adapter = Adapter.of(model, parts)
     if adapter.unembedding() is None:

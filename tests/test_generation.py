@@ -131,3 +131,43 @@ def test_inexact_attention_records_the_same_rows():
         da = a.attention.float() * a.attention_scale[..., None] / 255
         db = b.attention.float() * b.attention_scale[..., None] / 255
         assert (da - db).abs().max() <= 2 / 255
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_recorded_rows_equal_eager_attention_before_quantization(family):
+    """The float rows a generation step keeps (the last query only, beside the model's sdpa call, at the
+    prompt step and at KV-cache steps) equal eager attention's last row of the sequence so far to 1e-5."""
+    from nbinspect.generation import _Recorder
+
+    model = tiny(family)
+    recorder = _Recorder(Adapter.of(model))
+    raw = []
+    take = recorder.take
+
+    def keep_raw():
+        raw.append([r.clone() for r in recorder.rows])
+        return take()
+
+    recorder.take = keep_raw
+    ids = CharTokenizer()(PROMPT)["input_ids"]
+    with recorder, torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        recorder.take()
+        sequence = ids
+        for _ in range(3):  # KV-cache steps: one query against the cached keys
+            token = out.logits[:, -1:].argmax(-1)
+            sequence = torch.cat([sequence, token], 1)
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            recorder.take()
+    implementation = model.config._attn_implementation
+    assert implementation == "sdpa"  # recorded beside sdpa, compared with eager
+    model.set_attn_implementation("eager")
+    try:
+        for step, rows in enumerate(raw):
+            n = ids.shape[1] + step
+            with torch.no_grad():
+                eager = model(input_ids=sequence[:, :n], output_attentions=True).attentions
+            for layer, row in enumerate(rows):
+                assert (row - eager[layer][0, :, -1]).abs().max() <= 1e-5, (step, layer)
+    finally:
+        model.set_attn_implementation(implementation)
