@@ -1,9 +1,12 @@
 // GeometryView: the tokens at the selected layer as a 2-D scatter; pan (drag), zoom (wheel), click a point
 // to select its token, hover for its text. Pairs with nbinspect/views/geometry_view.py.
 //
-// Points are rasterised straight into one ImageData (a Uint32 write per pixel of each point) and put on
-// the canvas once per frame: 50,000 points cost a few milliseconds without a GPU, where 50,000 fillRect
-// calls would not keep 60 fps. Labels and the selection ring are drawn with fillText/strokeRect on top.
+// Points are rasterised straight into one ImageData (a Uint32 write per pixel of each point), where
+// 50,000 fillRect calls would not keep 60 fps, into an offscreen canvas that reaches half a view beyond
+// each edge. A pan frame only blits that raster with a translation (one drawImage, whatever the number of
+// points); a zoom frame blits it scaled. The points are rasterised again only when the data, layer or
+// colours change, a zoom settles, a drag ends, or a pan goes past the margin. Labels and the selection
+// ring are drawn with fillText/strokeRect on top, from the coordinates.
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
@@ -16,6 +19,9 @@ const SIDE_W = 220;
 const PAD = 16;
 const POINT = 3; // px per side
 const POINT_FEW = 5;
+const MARGIN_X = W / 2; // CSS px rasterised beyond each edge: a pan of up to this much is a plain blit
+const MARGIN_Y = H / 2;
+const ZOOM_SETTLE_MS = 150; // after the last wheel event, the points are rasterised at the new scale
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
 const METHODS = { pca: "PCA", tsne: "t-SNE", umap: "UMAP" };
 const COLORS = { position: "position", token: "token", neuron: "neuron", label: "text" };
@@ -110,18 +116,26 @@ async function render({ model, el: host }) {
 
   const ctx = sizeCanvas(plot, W, H);
   const dpr = window.devicePixelRatio || 1;
-  const pw = plot.width;
-  const ph = plot.height;
-  const image = ctx.createImageData(pw, ph);
+  const raster = document.createElement("canvas"); // the points, drawn for the view in `rastered`
+  raster.width = Math.round((W + 2 * MARGIN_X) * dpr);
+  raster.height = Math.round((H + 2 * MARGIN_Y) * dpr);
+  const rw = raster.width;
+  const rh = raster.height;
+  const rctx = raster.getContext("2d");
+  const image = rctx.createImageData(rw, rh);
   const pixels = new Uint32Array(image.data.buffer);
   const BACKGROUND = rgba32(255, 255, 255);
+  let rastered = null; // { scale, dx, dy, layer } of the view the raster holds
+  let stale = true; // data or colours changed, a zoom settled or a drag ended: rasterise again
+  let zoomTimer = 0;
+  let rasters = 0;
+  let rasterTotal = 0;
 
   let coords = new Float32Array(0); // [layers * n * 2]
   let n = 0;
   let colors = new Uint32Array(0); // one RGBA per point
   let bounds = null; // [xmin, xmax, ymin, ymax] over all layers: one frame for every layer
   let view = { scale: 1, dx: 0, dy: 0 }; // screen = base(x) * scale + d
-  let screen = new Float32Array(0); // the drawn layer's points in CSS pixels, for hit tests
   let frame = 0;
   let frames = 0;
   let drawTotal = 0;
@@ -166,37 +180,57 @@ async function render({ model, el: host }) {
     return Math.max(0, Math.min(L - 1, get("layer")));
   }
 
-  function draw() {
-    frame = 0;
+  /** Data (x, y) -> CSS pixels of the plot now: X = x * sx + ox, Y = oy - y * sx. */
+  function transform() {
+    const b = baseTransform();
+    return { sx: b.s * view.scale, ox: b.ox * view.scale + view.dx, oy: b.oy * view.scale + view.dy };
+  }
+
+  function rasterise(layer) {
     const t0 = performance.now();
     pixels.fill(BACKGROUND);
-    const layer = layerIndex();
-    if (screen.length !== 2 * n) screen = new Float32Array(2 * n);
     if (bounds) {
-      const b = baseTransform();
-      const sx = b.s * view.scale, ox = b.ox * view.scale + view.dx, oy = b.oy * view.scale + view.dy;
+      const { sx, ox, oy } = transform();
       const off = layer * 2 * n;
       const size = n <= 2000 ? POINT_FEW : POINT; // few points: bigger, easier to hit and to see
       const half = (size * dpr) >> 1;
       const side = Math.max(1, Math.round(size * dpr));
+      const ax = (ox + MARGIN_X) * dpr, ay = (oy + MARGIN_Y) * dpr, s = sx * dpr;
       for (let i = 0; i < n; i++) {
-        const X = coords[off + 2 * i] * sx + ox;
-        const Y = oy - coords[off + 2 * i + 1] * sx;
-        screen[2 * i] = X;
-        screen[2 * i + 1] = Y;
-        const px = Math.round(X * dpr) - half;
-        const py = Math.round(Y * dpr) - half;
-        if (px < 0 || py < 0 || px + side > pw || py + side > ph) continue;
+        const px = Math.round(coords[off + 2 * i] * s + ax) - half;
+        const py = Math.round(ay - coords[off + 2 * i + 1] * s) - half;
+        if (px < 0 || py < 0 || px + side > rw || py + side > rh) continue;
         const c = colors[i] || 0xff888888;
-        let row = py * pw + px;
-        for (let yy = 0; yy < side; yy++, row += pw) for (let xx = 0; xx < side; xx++) pixels[row + xx] = c;
+        let row = py * rw + px;
+        for (let yy = 0; yy < side; yy++, row += rw) for (let xx = 0; xx < side; xx++) pixels[row + xx] = c;
       }
     }
-    ctx.putImageData(image, 0, 0);
+    rctx.putImageData(image, 0, 0);
+    rastered = { scale: view.scale, dx: view.dx, dy: view.dy, layer };
+    stale = false;
+    rasters += 1;
+    rasterTotal += performance.now() - t0;
+  }
+
+  function draw() {
+    frame = 0;
+    const t0 = performance.now();
+    const layer = layerIndex();
+    const moved = rastered && (Math.abs(view.dx - rastered.dx) > MARGIN_X || Math.abs(view.dy - rastered.dy) > MARGIN_Y);
+    if (stale || !rastered || rastered.layer !== layer || moved) rasterise(layer);
+    // The raster, moved (and while a zoom settles, scaled) from the view it was drawn for to this one.
+    const k = view.scale / rastered.scale;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, plot.width, plot.height);
+    ctx.setTransform(dpr * k, 0, 0, dpr * k, dpr * (view.dx - rastered.dx * k), dpr * (view.dy - rastered.dy * k));
+    ctx.drawImage(raster, -MARGIN_X, -MARGIN_Y, W + 2 * MARGIN_X, H + 2 * MARGIN_Y);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     // The selected token of the main text: a ring and its text.
     const t = get("token");
     if (t >= 0 && t < model.get("n_main") && t < n && bounds) {
-      const X = screen[2 * t], Y = screen[2 * t + 1];
+      const { sx, ox, oy } = transform();
+      const X = coords[layer * 2 * n + 2 * t] * sx + ox, Y = oy - coords[layer * 2 * n + 2 * t + 1] * sx;
       ctx.strokeStyle = "#ff8c00";
       ctx.lineWidth = 2;
       ctx.strokeRect(X - 5, Y - 5, 10, 10);
@@ -204,15 +238,12 @@ async function render({ model, el: host }) {
       ctx.font = FONT;
       ctx.fillText(fitText(ctx, label(t), 160), X + 8, Y - 6);
     }
-    if (bounds) {
-      // Where data (x, y) lands in CSS pixels: X = x * sx + ox, Y = oy - y * sx (tests click points through it).
-      const b = baseTransform();
-      Object.assign(plot.dataset, { sx: b.s * view.scale, ox: b.ox * view.scale + view.dx, oy: b.oy * view.scale + view.dy });
-    }
+    if (bounds) Object.assign(plot.dataset, transform()); // tests click points through it
     const dt = performance.now() - t0;
     frames += 1;
     drawTotal += dt;
-    Object.assign(root.dataset, { frames, drawMs: drawTotal.toFixed(2), layer: String(layer), points: String(n) });
+    Object.assign(root.dataset, { frames, drawMs: drawTotal.toFixed(2), rasters, rasterMs: rasterTotal.toFixed(2),
+      layer: String(layer), points: String(n) });
     decorate(layer);
   }
 
@@ -268,11 +299,14 @@ async function render({ model, el: host }) {
   };
 
   function hit(evt) {
+    if (!bounds) return -1;
     const r = plot.getBoundingClientRect();
     const x = evt.clientX - r.left, y = evt.clientY - r.top;
+    const { sx, ox, oy } = transform();
+    const off = layerIndex() * 2 * n;
     let best = -1, bestD = 36; // within 6 px
     for (let i = 0; i < n; i++) {
-      const dx = screen[2 * i] - x, dy = screen[2 * i + 1] - y;
+      const dx = coords[off + 2 * i] * sx + ox - x, dy = oy - coords[off + 2 * i + 1] * sx - y;
       const d = dx * dx + dy * dy;
       if (d < bestD) {
         bestD = d;
@@ -313,6 +347,7 @@ async function render({ model, el: host }) {
       const i = hit(evt);
       if (i >= 0 && i < model.get("n_main")) sel.set({ token: i });
     }
+    if (drag && drag.moved) stale = true; // the blit lands on whole device pixels; redraw exactly once
     drag = null;
     schedule();
   });
@@ -324,10 +359,16 @@ async function render({ model, el: host }) {
     view.dx = x - (x - view.dx) * k;
     view.dy = y - (y - view.dy) * k;
     view.scale *= k;
+    clearTimeout(zoomTimer);
+    zoomTimer = setTimeout(() => {
+      stale = true;
+      schedule();
+    }, ZOOM_SETTLE_MS);
     schedule();
   }, { passive: false });
   plot.addEventListener("dblclick", () => {
     view = { scale: 1, dx: 0, dy: 0 };
+    stale = true;
     schedule();
   });
   plot.addEventListener("mouseleave", () => tip.hide());
@@ -343,10 +384,12 @@ async function render({ model, el: host }) {
   const onCoords = () => {
     rebuildCoords();
     rebuildColors();
+    stale = true;
     schedule();
   };
   const onColors = () => {
     rebuildColors();
+    stale = true;
     schedule();
   };
   const plain = ["method", "explained", "color_names", "error", "nearest", "nearest_cosines", "nearest_of", "color_by"];
@@ -358,6 +401,7 @@ async function render({ model, el: host }) {
 
   return () => {
     if (frame) cancelAnimationFrame(frame);
+    clearTimeout(zoomTimer);
     model.off("change:coords", onCoords);
     model.off("change:color_values", onColors);
     for (const k of plain) model.off(`change:${k}`, schedule);
