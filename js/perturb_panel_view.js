@@ -43,14 +43,28 @@ const CONTROLS = [
   ["noise: layer", "noise_layer", "range", 0, (m) => m.get("n_layers") - 1, 1],
   ["σ (× weight RMS)", "noise_sigma", "range", 0, () => 1, 0.01],
   ["seed", "noise_seed", "number", 0, () => 2 ** 31 - 1, 1],
+  ["expert: layer", "expert_layer", "range", 0, (m) => m.get("n_layers") - 1, 1],
+  ["expert", "expert", "range", 0, (m) => Math.max(0, m.get("n_experts") - 1), 1],
+  ["× scale (0: ablate expert)", "expert_factor", "range", 0, () => 2, 0.05],
   ["also show position", "position", "range", 0, (m) => m.get("tokens").length - 1, 1],
 ];
 const NEURON_CONTROLS = new Set(["neuron_layer", "neuron", "neuron_factor"]);
+// Shown only for mixture-of-experts models (n_experts > 0); they follow an expert clicked in a router view.
+const EXPERT_CONTROLS = new Set(["expert_layer", "expert", "expert_factor"]);
+
+// The expert layer slider moves over the routed layers only: a dense layer snaps to the nearest routed one.
+function nearestRouted(model, value) {
+  const routed = model.get("expert_layers") || [];
+  let best = routed[0] ?? value;
+  for (const layer of routed) if (Math.abs(layer - value) < Math.abs(best - value)) best = layer;
+  return best;
+}
 
 function controls(model, parent) {
   const grid = el("div", "nbi-controls", parent);
   const inputs = {};
   for (const [label, name, kind, min, max, step] of CONTROLS) {
+    if (EXPERT_CONTROLS.has(name) && !model.get("n_experts")) continue;
     const box = el("label", "nbi-control", grid);
     el("span", null, box, label);
     const input = el("input", null, box);
@@ -71,8 +85,12 @@ function controls(model, parent) {
       shown.textContent = kind === "range" ? input.value : "";
     };
     input.addEventListener("input", () => {
-      const value = Number(input.value);
+      let value = Number(input.value);
       if (!Number.isFinite(value) || value < min || value > max(model)) return; // refused: nothing lost
+      if (name === "expert_layer") {
+        value = nearestRouted(model, value);
+        input.value = String(value);
+      }
       shown.textContent = kind === "range" ? input.value : "";
       model.set(name, value);
       model.save_changes();

@@ -1,7 +1,9 @@
 """Sliders that perturb a model's weights, and the predictions before and after, in one widget.
 
 ``nbinspect.sliders(model, tokenizer, text)`` (or ``sliders(trace, views=[...])``) shows sliders for one
-head's scale, one MLP neuron's scale and seeded weight noise in one layer, a reset button, and the top
+head's scale, one MLP neuron's scale, seeded weight noise in one layer and, for mixture-of-experts models
+only, one expert's scale ("ablate expert": 0 switches it off; the expert follows a click on an expert in a
+linked :class:`~nbinspect.views.router_view.RouterView`), a reset button, and the top
 next-token probabilities before and after with the KL divergence and whether the top token changed, for
 the last position and a chosen one. The controls are drawn by the panel's own ESM
 (``js/perturb_panel_view.js``), so every host that renders anywidget models renders the panel. Every
@@ -37,6 +39,7 @@ import traitlets
 from .. import codecs
 from ..adapters import ModelParts
 from ..export import Exportable
+from ..moe import ScaleExpert
 from ..perturb import AddNoise, Edit, ScaleHead, ScaleNeuron, _in_features, perturb
 from ..trace import Trace
 from ._bundle import bundle
@@ -194,7 +197,10 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
     Attributes
     ----------
     head_layer, head, head_factor, neuron_layer, neuron, neuron_factor, noise_layer, noise_sigma,
-    noise_seed, position : the controls' values (set them from Python and the sliders move).
+    noise_seed, expert_layer, expert, expert_factor, position : the controls' values (set them from
+    Python and the sliders move). The expert controls exist only when ``n_experts`` > 0 (MoE models);
+    ``expert_layer`` is one of ``expert_layers`` (the routed layers), and a click on an expert in a linked
+    router view moves ``expert_layer`` / ``expert`` to it.
     base : the unedited trace. latest : the trace the views show now.
     scheduler : the :class:`LatestWins` mailbox (its counters say how many values were computed).
     """
@@ -212,11 +218,16 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
     noise_layer = traitlets.Int(0).tag(sync=True)
     noise_sigma = traitlets.Float(0.0).tag(sync=True)
     noise_seed = traitlets.Int(0).tag(sync=True)
+    expert_layer = traitlets.Int(0).tag(sync=True)
+    expert = traitlets.Int(0).tag(sync=True)
+    expert_factor = traitlets.Float(1.0).tag(sync=True)
     position = traitlets.Int(0).tag(sync=True)
     #: Ranges of the controls (the browser draws sliders from them).
     n_layers = traitlets.Int(1).tag(sync=True)
     n_heads = traitlets.Int(1).tag(sync=True)
     n_neurons = traitlets.Int(0).tag(sync=True)  # 0: no single MLP down projection, neuron controls off
+    n_experts = traitlets.Int(0).tag(sync=True)  # 0: not a mixture of experts, no expert controls
+    expert_layers = traitlets.List(traitlets.Int()).tag(sync=True)  # the layers with a router
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: {"edits": [str], "from_layer": int, "compute_ms": float, "message": str,
     #:  "positions": [{"position", "token", "before": [[token, p]], "after": [[token, p]], "kl", "argmax_changed"}]}
@@ -229,7 +240,7 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
     painted = traitlets.Int(0).tag(sync=True)
 
     _CONTROLS = ("head_layer", "head", "head_factor", "neuron_layer", "neuron", "neuron_factor",
-                 "noise_layer", "noise_sigma", "noise_seed", "position")
+                 "noise_layer", "noise_sigma", "noise_seed", "expert_layer", "expert", "expert_factor", "position")
 
     def __init__(self, trace: Trace, views: Sequence[Any] = (), *, position: int | None = None, top_k: int = TOP_K,
                  threaded: bool = True, show_views: bool = True):
@@ -246,7 +257,12 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
             raise ValueError(f"top_k must be a whole number of rows 1..50, got {top_k!r}.")
         default = n - 2 if position is None else position % n
         has_neurons = adapter.parts.neurons is not None
+        routed = adapter.router_layers()
+        n_experts = (adapter.n_experts or 0) if routed else 0
         super().__init__(
+            n_experts=n_experts,
+            expert_layers=routed if n_experts else [],
+            expert_layer=routed[0] if n_experts else 0,
             n_layers=adapter.n_layers,
             n_heads=adapter.n_heads,
             n_neurons=_in_features(adapter.part(0, "neurons")) if has_neurons else 0,
@@ -259,6 +275,9 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
         self.scheduler = LatestWins(self._compute, self._publish, self._set_busy, threaded=threaded)
         self.observe(self._changed, list(self._CONTROLS))
         self.on_msg(self._message)
+        if self.n_experts:
+            for view in self.followers:
+                self.follow_experts(view)
         self._changed()
         self.scheduler.wait()
 
@@ -280,11 +299,22 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
     def _valid_neuron(self, p):
         return self._check("neuron", p["value"], 0, max(self.n_neurons - 1, 0))
 
+    @traitlets.validate("expert_layer")
+    def _valid_expert_layer(self, p):
+        value = p["value"]
+        if self.expert_layers and value not in self.expert_layers:
+            raise traitlets.TraitError(f"expert_layer {value!r} has no router: the routed layers are {self.expert_layers}.")
+        return value
+
+    @traitlets.validate("expert")
+    def _valid_expert(self, p):
+        return self._check("expert", p["value"], 0, max(self.n_experts - 1, 0))
+
     @traitlets.validate("position")
     def _valid_position(self, p):
         return self._check("position", p["value"], 0, max(len(self.tokens) - 1, 0))
 
-    @traitlets.validate("head_factor", "neuron_factor", "noise_sigma")
+    @traitlets.validate("head_factor", "neuron_factor", "noise_sigma", "expert_factor")
     def _valid_number(self, p):
         value = p["value"]
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
@@ -302,7 +332,25 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
             out.append(ScaleNeuron(self.neuron_layer, self.neuron, float(self.neuron_factor)))
         if self.noise_sigma > 0:
             out.append(AddNoise(self.noise_layer, float(self.noise_sigma), int(self.noise_seed)))
+        if self.expert_factor != 1 and self.n_experts:
+            out.append(ScaleExpert(self.expert_layer, self.expert, float(self.expert_factor)))
         return tuple(out)
+
+    def follow_experts(self, view) -> None:
+        """Let the expert controls follow ``view``'s selected expert (a router view: clicking an expert
+        selects it at the layer it shows). Views without an ``expert`` trait are ignored."""
+        has = getattr(view, "has_trait", None)
+        if not self.n_experts or has is None or not (has("expert") and has("shown_layer")):
+            return
+
+        def picked(change=None):
+            if view.expert >= 0 and view.shown_layer in self.expert_layers:
+                with self.hold_trait_notifications():
+                    self.expert_layer = view.shown_layer
+                    self.expert = view.expert
+
+        view.observe(picked, ["expert", "shown_layer"])
+        picked()
 
     def positions(self) -> list[int]:
         """The positions the panel shows, in text order: the chosen one, then the last (``[-1]``)."""
@@ -319,6 +367,7 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
             self.head_factor = 1.0
             self.neuron_factor = 1.0
             self.noise_sigma = 0.0
+            self.expert_factor = 1.0
         self._changed(force=True)
 
     def wait(self, timeout: float | None = 60.0) -> bool:
