@@ -6,6 +6,7 @@ import { bytesOf, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
 import { exportButtons } from "./export_button.js";
+import { bindSelection } from "./selection.js";
 
 const W = 860;
 const LINE_H = 20;
@@ -66,6 +67,8 @@ async function render({ model, el: host }) {
   const lens = el("canvas", "nbi-lens", lensBox);
   const tip = tooltip(root);
 
+  // The shared selection: token = prompt position, or prompt length + step for a generated token.
+  const selection = await bindSelection(model);
   let frame = 0;
   let boxes = [];
   let timer = null;
@@ -77,8 +80,19 @@ async function render({ model, el: host }) {
   function pick(s) {
     model.set("step", s);
     model.save_changes(); // Python sends that step's data (the kernel is free: generation runs in a thread)
+    selection.set({ token: get("prompt_tokens").length + s }); // linked views move at once
     schedule();
   }
+  // Another view selected a token: a generated one shows its step; a prompt token is only outlined.
+  const onSelection = () => {
+    const g = selection.get("token") - get("prompt_tokens").length;
+    if (selection.get("token") >= 0 && g >= 0 && g < nSteps() && g !== get("step")) {
+      model.set("step", g);
+      model.save_changes();
+    }
+    schedule();
+  };
+  selection.on(onSelection);
   play.addEventListener("click", () => {
     if (timer) {
       clearInterval(timer);
@@ -130,11 +144,12 @@ async function render({ model, el: host }) {
     ctx.font = TEXT_FONT;
     ctx.textBaseline = "middle";
     const s = shown();
+    const selected = selection.get("token");
     for (const [bx, by, w, i] of boxes) {
       const g = i - prompt.length;
       ctx.fillStyle = g < 0 ? "#eeeeee" : shade(probs[g]);
       ctx.fillRect(bx, by, w, LINE_H - 2);
-      if (g === s) {
+      if (g === s || (g < 0 && i === selected)) {
         ctx.strokeStyle = "#ff8c00";
         ctx.lineWidth = 2;
         ctx.strokeRect(bx + 1, by + 1, w - 2, LINE_H - 4);
@@ -244,6 +259,12 @@ async function render({ model, el: host }) {
     ctx.textBaseline = "middle";
     const every = Math.ceil(10 / rowH);
     for (let l = 0; l < L; l += every) ctx.fillText(`layer ${l}`, LABEL_PX - 4, 2 + (l + 0.5) * rowH);
+    const layer = selection.get("layer");
+    if (layer >= 0 && layer < L) {
+      ctx.strokeStyle = "#ff8c00";
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(LABEL_PX - 0.5, 2 + layer * rowH + 0.5, n * colW + 1, rowH - 1);
+    }
     Object.assign(att.dataset, { left: LABEL_PX, colWidth: colW, rowHeight: rowH, context: n });
     attCaption.textContent = `step ${shown()}: the last token's attention to each earlier token (rows scaled to their max)`;
   }
@@ -258,8 +279,13 @@ async function render({ model, el: host }) {
     const ctx = sizeCanvas(lens, lw, L * rowH + 4);
     ctx.font = FONT;
     ctx.textBaseline = "middle";
+    Object.assign(lens.dataset, { rowHeight: rowH });
     for (let l = 0; l < L; l++) {
       const y = 2 + l * rowH;
+      if (l === selection.get("layer")) {
+        ctx.fillStyle = "#fff1de";
+        ctx.fillRect(0, y, lw, rowH);
+      }
       ctx.fillStyle = "#ff8c00";
       ctx.fillRect(120, y + 2, Math.max(1, chosen[l] * (lw - 126)), rowH - 4);
       ctx.fillStyle = "#222";
@@ -318,6 +344,17 @@ async function render({ model, el: host }) {
     tip.show(evt, g < 0 ? `prompt ${JSON.stringify(text)}` : `step ${g}: ${JSON.stringify(text)}\np = ${float32sOf(get("chosen_probs"))[g].toFixed(3)}\nclick to show this step`);
   });
   strip.addEventListener("mouseleave", () => tip.hide());
+  // A click on a layer row of the attention or lens panel selects that layer (linked views follow).
+  const layerAt = (canvas, evt) => {
+    const r = canvas.getBoundingClientRect();
+    return Math.floor((evt.clientY - r.top - 2) / Number(canvas.dataset.rowHeight || 1));
+  };
+  for (const canvas of [att, lens]) {
+    canvas.addEventListener("click", (evt) => {
+      const l = layerAt(canvas, evt);
+      if (l >= 0 && l < get("n_layers")) selection.set({ layer: l });
+    });
+  }
   root.addEventListener("keydown", (evt) => {
     if (evt.key !== "ArrowLeft" && evt.key !== "ArrowRight") return;
     pick(Math.max(0, Math.min(nSteps() - 1, shown() + (evt.key === "ArrowLeft" ? -1 : 1))));
@@ -332,6 +369,7 @@ async function render({ model, el: host }) {
     if (frame) cancelAnimationFrame(frame);
     if (timer) clearInterval(timer);
     for (const k of keys) model.off(`change:${k}`, schedule);
+    selection.off(onSelection);
   };
 }
 

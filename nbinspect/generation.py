@@ -297,8 +297,12 @@ def start_generation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
 
 
 def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32, *, top_k: int = TOP_K,
-             background: bool = True, parts: ModelParts | None = None, exact: bool = True, **generate_kwargs):
+             background: bool = True, parts: ModelParts | None = None, exact: bool = True, selection=None,
+             **generate_kwargs):
     """Generate from ``prompt`` with the model's KV cache and show every step live (a :class:`GenerationView`).
+
+    ``selection``: a shared :class:`~nbinspect.views.selection.Selection` linking the view to others (its
+    token is the position in the prompt followed by the generated tokens).
 
     ``generate_kwargs`` go to ``model.generate`` (``do_sample=True, temperature=0.8, top_p=0.9`` …).
     ``background=False`` returns only when generation is done. ``view.stop()`` ends it early.
@@ -307,4 +311,4 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32,
 
     gen = start_generation(model, tokenizer, prompt, max_new_tokens, top_k=top_k, background=background, parts=parts,
                            exact=exact, **generate_kwargs)
-    return GenerationView(gen)
+    return GenerationView(gen, selection=selection)

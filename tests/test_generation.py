@@ -171,3 +171,34 @@ def test_recorded_rows_equal_eager_attention_before_quantization(family):
                 assert (row - eager[layer][0, :, -1]).abs().max() <= 1e-5, (step, layer)
     finally:
         model.set_attn_implementation(implementation)
+
+
+def test_the_view_and_the_shared_selection_move_together():
+    """Picking a step selects its token (prompt length + step) so linked views move, and selecting a
+    generated token in a linked view shows its step; a prompt token leaves the step alone."""
+    from nbinspect.views.attention_view import AttentionView
+    from nbinspect.views.selection import Selection
+
+    model = tiny("llama")
+    selection = Selection()
+    view = nbinspect.generate(model, CharTokenizer(), PROMPT, max_new_tokens=5, selection=selection).wait()
+    gen, p = view.generation, len(view.prompt_tokens)
+    assert view.selection is selection and view.step == -1 and view.shown_step == 4
+    # An attention view of the whole generated text, linked by the same selection.
+    whole = nbinspect.trace(model, CharTokenizer(), {"input_ids": torch.tensor([gen.ids])}, gradients=False)
+    linked = AttentionView(whole, selection=selection)
+    view.step = 2  # the scrubber (or a click on generated token 2)
+    assert selection.token == p + 2 and linked.token == p + 2 and view.shown_step == 2
+    linked.token = p + 4  # a click on the last generated token in the attention view
+    assert view.step == 4 and view.shown_step == 4
+    s = gen.steps[4]
+    assert view.attention == nbinspect.codecs.to_bytes(s.attention)
+    linked.token = 3  # a prompt token: the step stays
+    assert view.step == 4 and view.selected_step is None
+    selection.token = -1
+    assert view.step == 4
+    # A selection bound to the prompt only cannot point at generated tokens: picking still works.
+    short = Selection().bound_to(n_tokens=p)
+    other = nbinspect.generate(model, CharTokenizer(), PROMPT, max_new_tokens=3, selection=short).wait()
+    other.step = 1
+    assert other.shown_step == 1 and short.token == -1

@@ -6,16 +6,25 @@ records). The generation runs in a background thread; this view hears of each ne
 latest one unless a step is picked (click a generated token, drag the scrubber, or press play), and
 sends one step at a time: attention as uint8 ``[layers, heads, context]`` with float32 scales (error ≤
 scale / 510), candidates' probabilities and the lens as float32, token text as strings.
+
+Linked views: the view holds a shared :class:`~nbinspect.views.selection.Selection` (pass one to link
+it). Its ``token`` counts positions in the prompt followed by the generated tokens, so generated token
+``s`` is position ``len(prompt_tokens) + s``: picking a step (a click on a generated token, the
+scrubber, play, the arrow keys) selects that token, and selecting a generated token elsewhere shows its
+step. Selecting a prompt token outlines it and leaves the step alone; the selection's ``layer`` is
+marked in the attention and lens panels (a click on a layer row there selects it).
 """
 
 from __future__ import annotations
 
 import anywidget
+import ipywidgets
 import torch
 import traitlets
 
 from .. import codecs
 from ._bundle import bundle
+from .selection import Selection
 
 LENS_K = 1
 
@@ -57,16 +66,21 @@ class GenerationView(anywidget.AnyWidget):
     edits_label = traitlets.Unicode("").tag(sync=True)
     edited_running = traitlets.Bool(False).tag(sync=True)
     painted = traitlets.Int(0).tag(sync=True)
+    #: The shared selection (see the module docs); the browser reads and writes it (js/selection.js).
+    selection = traitlets.Instance(Selection).tag(sync=True, **ipywidgets.widget_serialization)
 
-    def __init__(self, generation, **kwargs):
-        super().__init__(**kwargs)
-        self.generation = generation
+    def __init__(self, generation, selection: Selection | None = None, **kwargs):
         a = generation.adapter
+        # Tokens are not bounded: the text grows while the model generates.
+        selection = (selection or Selection()).bound_to(n_layers=a.n_layers, n_heads=a.n_heads)
+        super().__init__(selection=selection, **kwargs)
+        self.generation = generation
         self.prompt_tokens = codecs.clip_tokens(generation.prompt_tokens)
         self.n_layers, self.n_heads = a.n_layers, a.n_heads
         self.running = not generation.done
         self.observe(self._picked, ["step"])
         self.observe(self._stop_clicked, ["stop_requested"])
+        selection.observe(self._selected, ["token"])
         generation._listeners.append(self._on_step)
         self._on_step(len(generation.steps) - 1 if generation.steps else -1)
         if generation.done:
@@ -132,10 +146,28 @@ class GenerationView(anywidget.AnyWidget):
             if self.step < 0 and steps:
                 self._show_step(len(steps) - 1)
 
+    @property
+    def selected_step(self) -> int | None:
+        """The generated step the selection's token is on (``None``: no token, or a prompt token)."""
+        step = self.selection.token - len(self.generation.prompt_tokens)
+        return step if self.selection.token >= 0 and step >= 0 else None
+
+    def _selected(self, change) -> None:
+        step = self.selected_step
+        if step is not None and step < len(self.generation.steps):
+            self.step = step
+
     def _picked(self, change) -> None:
         n = len(self.generation.steps)
-        if n:
-            self._show_step(n - 1 if change["new"] < 0 else min(change["new"], n - 1))
+        if not n:
+            return
+        shown = n - 1 if change["new"] < 0 else min(change["new"], n - 1)
+        self._show_step(shown)
+        if change["new"] >= 0:  # a picked step selects its token, so linked views move to it
+            try:
+                self.selection.token = len(self.generation.prompt_tokens) + shown
+            except traitlets.TraitError:
+                pass  # a selection bound to a shorter text (the prompt's views) cannot point past it
 
     def _show_step(self, index: int) -> None:
         s = self.generation.steps[index]
