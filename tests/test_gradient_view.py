@@ -154,7 +154,7 @@ def test_switching_to_lrp_sends_the_relevance_and_the_layer_slider_moves_it(monk
     np.testing.assert_array_equal(at_input, rel.lrp(view.trace))
     assert np.abs(at_input).max() > 0
     view.strip_layer = 1  # the layer slider
-    assert view.scores_layer == 1
+    assert view.scores_layer == 1 and "block 1" in view.export_note  # a saved page says what it shows
     np.testing.assert_array_equal(_sent(view), rel.lrp(view.trace, layer=1))
     assert not np.allclose(_sent(view), at_input)
     # Flipping to another method and back is served from the trace: one relevance run in all.

@@ -239,6 +239,14 @@ class GradientView(View):
         self.scores_of = ""
         self._send_scores()
 
+    @property
+    def export_note(self) -> str:
+        """What a saved page (no kernel) cannot do: compute another method or layer."""
+        layer = self.scores_layer
+        where = "" if layer is None else " at the input embeddings" if layer < 0 else f" at block {layer}"
+        shown = ATTRIBUTIONS[self.method][0] + where
+        return f"The attribution strip needs the Python kernel to switch method or layer; this saved page shows {shown}."
+
     def layer_of(self, method: str | None = None) -> int | None:
         """The layer ``method`` (default: the one shown) is shown at: ``strip_layer`` within the
         method's range, else its default; ``None`` for methods without layers."""
