@@ -459,6 +459,8 @@ def strip_unavailable(trace, method: str) -> str | None:
             _wiring(trace.adapter, "attnlrp")
         except UnsupportedModelError as e:
             return f"not for this model: {e}"
+        except AttributeError as e:  # a family's name on a model whose modules are named otherwise
+            return f"not for this model: relevance cannot find the attention or MLP parts it rewires ({e})."
         if getattr(trace.target, "kind", "token") == "loss":
             return ("relevance explains a logit (or a logit difference), not the loss: make the trace with "
                     "target=None (the predicted token), a token or foil=... to see it.")
