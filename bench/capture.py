@@ -11,6 +11,11 @@ Prints one line per figure, ``name value unit``:
 - ``capture_fast_overhead_N``: the same full capture with ``Request(exact=False)``: captured layers take
   their attention output from the weights computed for the capture (eager's math) instead of also
   running sdpa, so outputs differ from sdpa's in the last bits, as eager's do.
+- ``trace_capture_overhead_N``: ``nbinspect.trace(..., gradients=False)``, what every view reads: each
+  layer's attention maps reduced on the device (thumbnails, and full maps while the budget in codecs.py
+  allows), neurons, the residual stream, head outputs, attention and MLP outputs and the logits, with
+  the attention output computed from the very probabilities the maps are made of (scores once, not
+  beside sdpa) ÷ the same plain sdpa forward. The issue's goal: ≤ 1.15. ``trace_peak_mb_N`` its memory.
 - ``eager_attentions_overhead_N``: the same ratio for HF eager attention with ``output_attentions=True``
   (all layers' float32 patterns), the anchor.
 - ``plain_peak_mb_N`` / ``capture_peak_mb_N`` / ``eager_attentions_peak_mb_N``: peak resident memory of that forward above the
@@ -51,8 +56,9 @@ import nbinspect  # noqa: E402
 from nbinspect import Request  # noqa: E402
 from nbinspect.reductions import by_layer, head_summary  # noqa: E402
 
-CONFIGS = ("plain", "capture", "capture_fast", "eager", "summary")
-TIMED = ("plain", "capture", "capture_fast", "eager")
+CONFIGS = ("plain", "capture", "capture_fast", "eager", "summary", "trace")
+TIMED = ("plain", "capture", "capture_fast", "eager", "trace")
+TOKENIZER = []  # set by main: the trace decodes its tokens
 SUMMARY_FULL_LAYER = 15  # the one layer whose full pattern the long-input path keeps
 
 
@@ -67,6 +73,8 @@ def forward(model, ids, config: str):
                 return model(input_ids=ids, output_attentions=True)
             finally:
                 model.set_attn_implementation("sdpa")
+        if config == "trace":
+            return nbinspect.trace(model, TOKENIZER[0], {"input_ids": ids}, gradients=False)
         if config.startswith("capture"):
             attention = Request(dtype=torch.float16, exact=config == "capture")
             kinds = dict(attention=attention, neurons=True, residual=True)
@@ -106,7 +114,8 @@ def _rss_mb() -> float:
 
 def peak_in_this_process(config: str, n: int, device: str) -> float:
     """Peak memory (MB) of one ``config`` forward at ``n`` tokens above what was held just before it."""
-    model, _ = nbinspect.load(device=device)
+    model, tokenizer = nbinspect.load(device=device)
+    TOKENIZER[:] = [tokenizer]
     ids = torch.randint(100, 40000, (1, n), generator=torch.Generator().manual_seed(0)).to(device)
     forward(model, ids[:, :16], config)  # first-call allocations are not the forward's cost
     if device == "cuda":
@@ -148,7 +157,8 @@ def peak(config: str, n: int, device: str) -> float:
 
 def main(sizes, repeats: int, device: str) -> None:
     suffix = "" if device == "cpu" else f"_{device}"
-    model, _ = nbinspect.load(device=device)
+    model, tokenizer = nbinspect.load(device=device)
+    TOKENIZER[:] = [tokenizer]
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
         ids = torch.randint(100, 40000, (1, n), generator=gen).to(device)
@@ -164,9 +174,11 @@ def main(sizes, repeats: int, device: str) -> None:
         print(f"capture_overhead_{n}{suffix} {statistics.median(times['capture']) / plain:.3f} x", flush=True)
         print(f"capture_fast_overhead_{n}{suffix} {statistics.median(times['capture_fast']) / plain:.3f} x", flush=True)
         print(f"eager_attentions_overhead_{n}{suffix} {statistics.median(times['eager']) / plain:.3f} x", flush=True)
+        print(f"trace_capture_overhead_{n}{suffix} {statistics.median(times['trace']) / plain:.3f} x", flush=True)
         print(f"plain_peak_mb_{n}{suffix} {peak('plain', n, device):.0f} MB", flush=True)
         print(f"capture_peak_mb_{n}{suffix} {peak('capture', n, device):.0f} MB", flush=True)
         print(f"eager_attentions_peak_mb_{n}{suffix} {peak('eager', n, device):.0f} MB", flush=True)
+        print(f"trace_peak_mb_{n}{suffix} {peak('trace', n, device):.0f} MB", flush=True)
         if n == max(sizes):
             print(f"summary_peak_mb_{n}{suffix} {peak('summary', n, device):.0f} MB", flush=True)
 

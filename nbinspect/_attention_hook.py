@@ -140,8 +140,9 @@ def last_query_weights(module: nn.Module, query, key, attention_mask, scaling=No
     kv_heads, k_len = key.shape[1], key.shape[2]
     if scaling is None:
         scaling = dim**-0.5
-    q = (query[:, :, -1:].float() * scaling).view(batch, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(q, key.float().transpose(-1, -2)).view(batch, heads, 1, k_len)
+    # 3-D bmm (grouped KV heads never copied): fewer dispatches than a broadcasting 4-D matmul.
+    q = (query[:, :, -1].float() * scaling).view(batch * kv_heads, heads // kv_heads, dim)
+    scores = torch.bmm(q, key.float().view(batch * kv_heads, k_len, dim).transpose(1, 2)).view(batch, heads, 1, k_len)
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
@@ -226,7 +227,9 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
                         module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype,
                         softcap=kwargs.get("softcap"),
                     )
-                listener(weights.detach().to(dtype))
+                else:  # the model's own weights (eager): autograd may still need them, so hand over a copy
+                    weights = weights.detach().to(dtype, copy=True)
+                listener(weights)
         return out
 
     capturing_attention.__nbinspect__ = name
@@ -310,13 +313,16 @@ def _hook_own_code(module: nn.Module, listener: Listener, dtype: torch.dtype) ->
                 "of the capture for this model."
             )
         with torch.no_grad():
-            listener(weights.detach().to(dtype))
+            listener(weights.detach().to(dtype, copy=True))  # a copy the listener owns (see `listening`)
 
     return [module.register_forward_pre_hook(ask, with_kwargs=True), module.register_forward_hook(hand_over)]
 
 
 class listening:
     """Context manager: call ``listeners[module]`` with each attention module's weights (as ``dtype``) while active.
+
+    A listener owns the tensor it is given (never the model's own, which autograd may still need): it may
+    reduce it in place.
 
     ``exact=False`` lets a listened-to module skip its own (sdpa, flash...) attention function and use the
     output computed alongside the weights, eager's math: about half the cost at long inputs, with outputs

@@ -41,7 +41,10 @@ def reduce_layer(weights: torch.Tensor, keep_full: bool, layer: int = -1) -> Lay
     f_block = 1
     if keep_full:
         full, f_block = codecs.pool_max(w, codecs.FOCUS_MAX_CELLS)
-        fq, fs = codecs.quantize(full)
+        # Block maxima keep every map's maximum, so the thumbnail's scales are the full map's too: no
+        # second pass for them. Unpooled, the full map is the capture's own scratch (made for this call
+        # and dropped after it), so it is quantized in place instead of into a new float32 copy.
+        fq, fs = codecs.quantize(full, scale=ts, in_place=full is w and weights.dtype == torch.float32)
     return LayerMaps(tq, ts, t_block, fq, fs, f_block)
 
 

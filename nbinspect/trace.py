@@ -26,6 +26,10 @@ Requirements this module is built around:
   the backward flows on into the recorded graph of the unedited layers. That graph is reused only while
   those layers' weights are untouched since it was recorded (checked with the tensors' version
   counters); otherwise the run starts earlier. The old trace stays valid: views can show before/after.
+* **Scores once.** Without gradients, the attention output of each layer is computed from the very
+  probabilities the maps are made of (eager attention's math, equal to sdpa's within float32 rounding),
+  so the scores are not computed a second time beside sdpa; with gradients the model's own attention
+  function runs and the probabilities are computed beside it, without autograd.
 * **The model is left as it was**: hooks and stand-ins removed and weights restored on exceptions too,
   attention implementation, training flags, ``requires_grad`` and ``.grad`` as they were.
 """
@@ -364,7 +368,11 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
     # Only the parts this model has: a view whose part is missing says so, the others still work.
     has = {name: getattr(adapter.parts, name) is not None for name in ("attention", "attention_output", "neurons", "mlp")}
     requests = dict(
-        attention=Request(layers=layers, reduce=reduce_attention) if layers and has["attention"] else None,
+        # Without gradients the captured layers take their attention output from the probabilities computed
+        # for the maps (eager's math) instead of running sdpa as well: the scores are computed once, not
+        # twice. Outputs then equal eager attention's, within float32 rounding of sdpa's. Under autograd
+        # the model's own attention runs (see `Request.exact`).
+        attention=Request(layers=layers, reduce=reduce_attention, exact=False) if layers and has["attention"] else None,
         heads=layers if has["attention_output"] else None,
         residual=layers,
         attention_out=layers if has["attention_output"] else None,
