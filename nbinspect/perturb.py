@@ -118,17 +118,41 @@ _NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _POSITIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class _Names(dict):
+    """id(parameter) -> every dotted name it has in the model, read again on a miss: accelerate puts new
+    parameter objects in place of offloaded ones on every forward, so an id seen before may be stale."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._model = weakref.ref(model)
+        self._fill()
+
+    def _fill(self) -> None:
+        names: dict[int, list[str]] = {}
+        for name, p in self._model().named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name)
+        self.clear()
+        self.update({k: tuple(v) for k, v in names.items()})
+
+    def __missing__(self, key: int) -> tuple[str, ...]:
+        self._fill()
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 def _names(adapter: Adapter) -> dict[int, tuple[str, ...]]:
     """id(parameter) -> every dotted name it has in the model (tied weights have several)."""
     cached = _NAMES.get(adapter.model)
-    if cached is not None:
-        return cached
-    names: dict[int, list[str]] = {}
-    for name, p in adapter.model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    out = {k: tuple(v) for k, v in names.items()}
-    _NAMES[adapter.model] = out
-    return out
+    if cached is None:
+        cached = _NAMES[adapter.model] = _Names(adapter.model)
+    return cached
 
 
 def _check_editable(edit: Edit, name: str, param: torch.Tensor) -> None:

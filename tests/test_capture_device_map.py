@@ -118,10 +118,6 @@ def test_trace_and_its_edits_across_offloaded_layers(dispatched):
         view.show(t.edit(*edits))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "perturb._names caches parameter names by id(); accelerate swaps offloaded parameters for new objects on "
-    "every forward, so an edit of an offloaded layer after a forward misses the cache (KeyError) instead of "
-    "the EditError naming the layer. Fix in perturb.py (rebuild on a miss); then drop this mark."))
 def test_an_edit_of_an_offloaded_layer_after_a_forward_names_the_layer(dispatched):
     import nbinspect
     from nbinspect import EditError, ScaleHead
