@@ -142,7 +142,7 @@ def last_query_weights(module: nn.Module, query, key, attention_mask, scaling=No
         scaling = dim**-0.5
     # 3-D bmm (grouped KV heads never copied): fewer dispatches than a broadcasting 4-D matmul.
     q = (query[:, :, -1].float() * scaling).view(batch * kv_heads, heads // kv_heads, dim)
-    scores = torch.bmm(q, key.float().view(batch * kv_heads, k_len, dim).transpose(1, 2)).view(batch, heads, 1, k_len)
+    scores = torch.bmm(q, key.float().reshape(batch * kv_heads, k_len, dim).transpose(1, 2)).view(batch, heads, 1, k_len)
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
