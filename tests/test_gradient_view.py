@@ -214,3 +214,104 @@ def test_a_loss_target_has_no_relevance_and_says_so():
     view = nbinspect.gradient_flow(tiny("llama"), CharTokenizer(), TEXT, target="loss")
     view.method = "lrp"
     assert view.scores == b"" and "not the loss" in view.message
+
+
+# --- the strip's method switch and layer slider in Chromium ----------------------------------------------
+STRIP_PAGE = """<!doctype html><meta charset="utf-8"><body><div id="host"></div>
+<script type="module">
+import view from "./gradient_view.js";
+// A stand-in for the anywidget model: what the view sets is logged for Python, which answers with
+// the traits the real GradientView computed (window.push).
+function fake(state, shared) {
+  const on = {};
+  const fire = (k) => { for (const f of (on["change:" + k] || [])) f(); };
+  return { get: (k) => state[k], set: (k, v) => { state[k] = v; window.sent.push([k, v]); },
+    on: (e, f) => { (on[e] = on[e] || []).push(f); }, off: (e, f) => { on[e] = (on[e] || []).filter((g) => g !== f); },
+    save_changes() {}, widget_manager: { get_model: async () => shared }, fire };
+}
+window.sent = [];
+const selection = fake({ token: -1, layer: 0, head: 0, neuron: -1 });
+const state = JSON.parse(document.getElementById("state").textContent);
+const bytes = (xs) => new DataView(new Float32Array(xs).buffer);
+state.scores = bytes(state.scores);
+const model = fake(state, selection);
+window.push = (traits) => {
+  for (const [k, v] of Object.entries(traits)) { state[k] = k === "scores" ? bytes(v) : v; model.fire(k); }
+};
+await view.render({ model, el: document.getElementById("host") });
+window.ready = true;
+</script>"""
+
+TRAITS = ["methods", "layered", "unavailable", "method", "strip_layer", "scores_of", "scores_layer", "message",
+          "target", "position", "flags", "flag_ratio", "busy", "tokens", "painted"]
+
+
+def _traits(view):
+    return {**{k: getattr(view, k) for k in TRAITS}, "scores": _sent(view).tolist()}
+
+
+@pytest.mark.browser
+def test_strip_method_switch_and_layer_slider_in_chromium(tmp_path):
+    import functools
+    import http.server
+    import json
+    import shutil
+    import threading
+    from pathlib import Path
+
+    from lab import chromium
+
+    bundle = Path(nbinspect.__file__).parent / "static" / "gradient_view.js"
+    shutil.copy(bundle, tmp_path / bundle.name)
+    view = nbinspect.gradient_flow(tiny("llama"), CharTokenizer(), TEXT)
+    state = dict(_traits(view), selection="IPY_MODEL_selection", chart=None)
+    (tmp_path / "index.html").write_text(STRIP_PAGE.replace(
+        "<body>", f'<body><script type="application/json" id="state">{json.dumps(state)}</script>'))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answer = ["scores", "scores_of", "scores_layer", "message", "busy"]
+
+    def relay(page):
+        """What the browser set, applied to the Python view; its answer sent back."""
+        for key, value in page.evaluate("window.sent.splice(0)"):
+            if key in ("method", "strip_layer"):
+                setattr(view, key, value)
+        page.evaluate("(t) => window.push(t)", {k: (_sent(view).tolist() if k == "scores" else getattr(view, k)) for k in answer})
+        page.wait_for_timeout(100)
+        return page.evaluate("""() => { const r = document.querySelector('.nbi-grad');
+            return { painted: r.dataset.painted, layer: r.dataset.layer, note: r.querySelector('.nbi-note').textContent,
+                     slider: r.querySelector('.nbi-layer').classList.contains('is-shown'),
+                     options: [...r.querySelectorAll('option')].map((o) => o.textContent) }; }""")
+
+    try:
+        with chromium() as browser:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+            page.wait_for_function("window.ready === true", timeout=30_000)
+            assert "AttnLRP relevance" in page.evaluate("[...document.querySelectorAll('.nbi-grad option')].map((o) => o.textContent)")
+            page.select_option(".nbi-grad select", "lrp")
+            shown = relay(page)
+            assert view.method == "lrp" and shown["painted"] == "lrp@-1" and shown["slider"]
+            assert "AttnLRP relevance" in shown["note"] and "input embeddings" in shown["note"]
+            page.evaluate("""() => { const s = document.querySelector('.nbi-layer input');
+                s.value = '1'; s.dispatchEvent(new Event('input')); }""")
+            shown = relay(page)
+            assert view.strip_layer == 1 and shown["layer"] == "1" and "after block 1" in shown["note"]
+            page.select_option(".nbi-grad select", "grad_x_input")
+            shown = relay(page)
+            assert shown["painted"] == "grad_x_input" and not shown["slider"]
+            # A model relevance does not know: the option says so, and picking it shows the reason.
+            other = nbinspect.gradient_flow(tiny("gpt_neox"), CharTokenizer(), TEXT)
+            other.method = "lrp"
+            page.evaluate("(t) => window.push(t)", {k: (_sent(other).tolist() if k == "scores" else getattr(other, k))
+                                                    for k in ["unavailable", "method", *answer]})
+            page.wait_for_timeout(100)
+            note = page.evaluate("document.querySelector('.nbi-grad .nbi-note').textContent")
+            options = page.evaluate("[...document.querySelectorAll('.nbi-grad option')].map((o) => o.textContent)")
+            assert "not for this model" in note and "AttnLRP relevance (not for this model)" in options
+            assert not errors, errors
+    finally:
+        server.shutdown()
