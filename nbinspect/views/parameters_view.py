@@ -1,10 +1,11 @@
 """ParametersView: every parameter by kind (count, share, memory, tied tensors marked), and the weight
 distribution of the focused kind, layer or tensor against the usual initialisations.
 
-The inventory and every histogram are computed on the model's device by :mod:`nbinspect.anatomy`; what
-travels is per kind (counts as float64 bytes, names as text), the focused histogram (float32 counts),
-the expected counts of each initialisation law in the same bins, the std of each kind per layer
-(float32 [kinds, layers]) and, on request, a matrix's singular values or a fresh copy's histogram.
+The inventory, every tensor's moments and the shown histogram are computed on the model's device by
+:mod:`nbinspect.anatomy` (a tensor's own histogram only once it is focused); what travels is per kind
+(counts as float64 bytes, names as text), the focused histogram (float32 counts), the expected counts
+of each initialisation law in the same bins, the std of each kind per layer (float32 [kinds, layers])
+and, on request, a matrix's singular values or a fresh copy's histogram.
 
 Focus: ``focus_kind`` (a kind, "" for the largest) and ``focus_scope`` ("all" layers, "layer": the
 shared selection's layer, or "tensor": ``focus_tensor``). Clicking a kind in the browser focuses it;
@@ -74,10 +75,12 @@ class ParametersView(LinkedView):
     def __init__(self, source, selection: Selection | None = None, parts: ModelParts | None = None, **kwargs):
         model = source if isinstance(source, nn.Module) else source.model
         inv = source if isinstance(source, anatomy.Inventory) else None
+        # Moments of every tensor, histograms only of what is shown (the focused group, binned on request).
         if inv is None:
-            inv = anatomy.parameter_stats(model, parts or getattr(getattr(source, "adapter", None), "parts", None))
+            parts = parts or getattr(getattr(source, "adapter", None), "parts", None)
+            inv = anatomy.parameter_stats(model, parts, histograms=False)
         elif not inv.stats:
-            inv.compute()
+            inv.compute(histograms=False)
         self._inv = inv
         self._adapter = inv.adapter
         self._fresh: nn.Module | None = None
