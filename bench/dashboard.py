@@ -3,7 +3,11 @@
 Prints, per N in 128, 512 and 2048 tokens:
   dashboard_ready_over_fwd_bwd_N  nbinspect.inspect(...) ready in Python ÷ one plain forward + backward of the
                                   same input (the predicted token's logit, every parameter's gradient), same run
+  dashboard_ready_over_fwd_bwd_cpu_N  the same in the process's CPU time (all its threads), which other jobs on a
+                                  shared machine disturb far less than wall time
   fwd_bwd_ms_N                 that plain forward + backward
+Torch runs on NBINSPECT_BENCH_THREADS threads (default 1: on a shared 2-core machine, threads waiting on
+each other made single passes swing by 5x; see bench/capture.py).
 and at 2048 tokens, each in a fresh process:
   inspect_peak_rss_mb_2048     peak resident memory of a process that loads the model and builds the dashboard
   fwd_bwd_peak_rss_mb_2048     the same for a process that runs the plain forward + backward instead
@@ -76,21 +80,26 @@ def fwd_bwd(model, inputs) -> None:
 
 
 def main():
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("NBINSPECT_BENCH_THREADS", "1")))
     model, tokenizer = nbinspect.load()
     texts = {n: text_of_tokens(tokenizer, n) for n in READY_SIZES}
     for n in READY_SIZES:
         inputs = tokenizer(texts[n], return_tensors="pt")
         rounds = 3 if n <= 512 else 1
         fwd_bwd(model, inputs)  # warm-up
-        anchors, readies = [], []
+        anchors, readies, anchors_cpu, readies_cpu = [], [], [], []
         for _ in range(rounds):  # interleaved, so a busy moment of the machine hits both alike
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fwd_bwd(model, inputs)
             anchors.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            anchors_cpu.append(time.process_time() - c)
+            t, c = time.perf_counter(), time.process_time()
             dash = nbinspect.inspect(model, tokenizer, texts[n])
             dash.perturb.wait()
             readies.append(time.perf_counter() - t)
+            readies_cpu.append(time.process_time() - c)
             if n in SIZES:
                 data, code = dash.payload_bytes()
             del dash
@@ -100,6 +109,7 @@ def main():
         report(f"fwd_bwd_ms_{n}", anchor * 1000, "ms")
         report(f"dashboard_ready_ms_{n}", ready * 1000, "ms")
         report(f"dashboard_ready_over_fwd_bwd_{n}", ready / anchor, "ratio")
+        report(f"dashboard_ready_over_fwd_bwd_cpu_{n}", statistics.median(readies_cpu) / statistics.median(anchors_cpu), "ratio")
         if n in SIZES:
             report(f"dashboard_payload_bytes_{n}", data, "bytes")
             report(f"dashboard_code_bytes_{n}", code, "bytes")

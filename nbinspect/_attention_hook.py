@@ -63,6 +63,10 @@ def _module_eager(module: nn.Module) -> Callable:
 # (16 MB, twice, in a reused scratch buffer): small next to a long input's n x n pattern, large enough
 # to keep the matmuls efficient and the Python loop short (9 blocks per SmolLM2 layer at 2048 tokens).
 _BLOCK_VALUES = 1 << 22
+# Causal blocks hold at most this many query rows: each computes only the keys its last row can see, so
+# shorter blocks skip more of the masked half (sdpa's flash kernel skips it too), and 64 rows still keep
+# the matmuls efficient. Measured on one CPU core, SmolLM2's 9 heads: 512 tokens 16.5 -> 7.2 ms a layer.
+_CAUSAL_ROWS = 64
 
 
 def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None,
@@ -102,6 +106,8 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
         # Laid out as eager returns it, [batch, q, heads, head_dim], so no transposed copy is needed.
         output = torch.empty(batch, q_len, kv_heads, n_rep, value.shape[-1], dtype=value.dtype, device=value.device)
     block = max(1, _BLOCK_VALUES // (batch * heads * k_len))
+    if causal:  # short blocks skip more of the masked triangle: 64 rows compute ~53 % of the square at 512
+        block = min(block, _CAUSAL_ROWS)
     scratch = _scratch(query.device, 2 * batch * heads * min(block, q_len) * k_len)
     for start in range(0, q_len, block):
         stop = min(start + block, q_len)

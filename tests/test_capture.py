@@ -287,3 +287,35 @@ def test_minilm_attention_matches_eager(minilm):
     for i in range(6):
         torch.testing.assert_close(record.attention[i], ref.attentions[i], rtol=0, atol=1e-5)
     assert record.heads[5].writes().shape[2] == 12
+
+
+@pytest.mark.parametrize("shape, cells", [((9, 512, 512), 32), ((2, 9, 100, 100), 32), ((3, 37, 53), 8),
+                                          ((2, 1000, 1000), 32), ((1, 1, 5), 32), ((4, 2048, 2048), 1024)])
+def test_pooled_maps_are_block_maxima_with_the_ragged_block_kept(shape, cells):
+    import math
+
+    from nbinspect import codecs
+
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    pooled, block = codecs.pool_max(maps, cells)
+    q, k = shape[-2:]
+    assert block == max(1, math.ceil(max(q, k) / cells))
+    expected = torch.nn.functional.max_pool2d(maps.reshape(-1, 1, q, k), block, block, ceil_mode=True)
+    assert torch.equal(pooled, expected.reshape(*shape[:-2], *expected.shape[-2:]))
+
+
+def test_causal_attention_weights_in_short_blocks_equal_softmax():
+    # Causal blocks stop at the last key their rows can see; what they skip must be exactly zero.
+    from nbinspect import _attention_hook as hook
+
+    class Causal:
+        is_causal = True
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 300, 16, generator=g) for h in (4, 2, 2))
+    weights, out = hook.attention_weights(Causal(), q, k, None, value=v)
+    scores = q @ k.repeat_interleave(2, 1).transpose(-1, -2) / 4.0
+    scores = scores.masked_fill(torch.ones(300, 300, dtype=torch.bool).triu(1), float("-inf"))
+    expected = scores.softmax(-1)
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, (expected @ v.repeat_interleave(2, 1)).transpose(1, 2), rtol=1e-5, atol=1e-5)
