@@ -324,6 +324,8 @@ class _Scratch:
         self.d2 = torch.empty(step, device=device)
         self.u = torch.empty(step, device=device)
         self.i = torch.empty(step, dtype=torch.int32, device=device)
+        self.i16 = torch.empty(step, dtype=torch.int16, device=device)
+        self.u8 = torch.empty(step, dtype=torch.uint8, device=device)
 
 
 def _bin(c: torch.Tensor, bins: int, lo: float, hi: float, scratch: _Scratch | None = None) -> torch.Tensor:
@@ -338,8 +340,11 @@ def _bin(c: torch.Tensor, bins: int, lo: float, hi: float, scratch: _Scratch | N
     m = c.numel()
     u = torch.sub(c, lo, out=scratch.u[:m]) if scratch is not None else c - lo
     u.mul_(bins / (hi - lo))
-    i = scratch.i[:m].copy_(u) if scratch is not None else u.to(torch.int32)  # truncation: u ≥ 0
-    return torch.bincount(i, minlength=bins + 1)
+    if scratch is None:
+        return torch.bincount(u.to(torch.int32), minlength=bins + 1)  # truncation: u ≥ 0
+    if bins < 255:  # bincount of bytes is ~2× faster; float → int16 → uint8 beats float → uint8 directly
+        return torch.bincount(scratch.u8[:m].copy_(scratch.i16[:m].copy_(u)), minlength=bins + 1)
+    return torch.bincount(scratch.i[:m].copy_(u), minlength=bins + 1)
 
 
 def _fold(raw: list[torch.Tensor], bins: int) -> torch.Tensor:

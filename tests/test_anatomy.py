@@ -138,6 +138,10 @@ def test_statistics_of_awkward_tensors(stats_path):
         torch.randn(70, 90, generator=g) * 0.02,
         (torch.rand(3000, generator=g) - 0.5) ** 3,
     ]
+    wide = A._summaries(tensors, 300)  # more bins than a byte can index: the int32 path
+    for t, (m, h) in zip(tensors[:1], wide):
+        counts, _ = np.histogram(t.double().numpy(), bins=300, range=(m.lo, m.hi))
+        assert np.abs(h.counts.numpy() - counts).sum() <= 2
     done = A._summaries(tensors, 64)
     for t, (m, h) in zip(tensors, done):
         x = t.double().numpy().ravel()
