@@ -1,6 +1,10 @@
 // LogitLensView: a layer × position grid; each cell is the residual stream after that layer decoded through
 // the final norm and unembedding. Pairs with nbinspect/views/logit_lens_view.py. Canvas only; token text is
 // drawn with fillText or set as textContent, never parsed as HTML.
+//
+// The grid shows a window of positions (Python decodes only those): the strip under it is the whole text with
+// the window outlined; paging (◀ ▶, PageUp/PageDown, a click on the strip) sets `window_start`, Python decodes
+// the new columns and sends them with `shown_start`, the position of the bytes' first column.
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
@@ -8,6 +12,8 @@ import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
 
 const GRID_W = 720; // most width the position columns take
+const COL_MAX = 150; // widest column: room for a top token's text
+const STRIP_H = 14; // the whole-text strip under the grid
 const GRID_H = 560; // most height the layer rows take
 const LEFT = 40; // layer labels
 const BOTTOM = 70; // token labels under the grid (rotated)
@@ -37,6 +43,7 @@ const CSS = `
 .nbi-lens .nbi-side button.nbi-target { border-color: #d62728; }
 .nbi-lens .nbi-caption { color: #555; white-space: pre-line; }
 .nbi-lens canvas { display: block; cursor: pointer; }
+.nbi-lens .nbi-pager { display: flex; gap: 6px; align-items: center; margin-top: 2px; }
 .nbi-lens .nbi-reason { color: #555; max-width: 640px; padding: 8px; border: 1px dashed #bbb; }
 .nbi-lens .nbi-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96); border: 1px solid #bbb;
   border-radius: 3px; padding: 3px 6px; white-space: pre; display: none; z-index: 10; box-shadow: 0 1px 4px rgba(0,0,0,.15); }
@@ -71,7 +78,16 @@ async function render({ model, el: host }) {
   const hint = el("span", "nbi-hint", head);
   const reasonBox = el("div", "nbi-reason", root);
   const body = el("div", "nbi-body", root);
-  const grid = el("canvas", "nbi-grid", body);
+  const main = el("div", null, body);
+  const grid = el("canvas", "nbi-grid", main);
+  const pager = el("div", "nbi-pager", main);
+  const earlier = el("button", null, pager, "◀");
+  const strip = el("canvas", "nbi-strip", pager);
+  const later = el("button", null, pager, "▶");
+  const where = el("span", "nbi-hint", pager);
+  earlier.type = later.type = "button";
+  earlier.title = "earlier positions";
+  later.title = "later positions";
   const side = el("div", "nbi-side", body);
   const cellCaption = el("div", "nbi-caption", side);
   const list = el("div", null, side);
@@ -84,7 +100,17 @@ async function render({ model, el: host }) {
   let clicked = null; // [layer, position] whose top-k the side list shows
 
   const get = (k) => (SHARED.has(k) ? sel.get(k) : model.get(k));
-  const dims = () => ({ L: get("n_layers"), n: get("n_positions"), k: get("k") });
+  // n: columns in the bytes; start: the token position of the first.
+  const dims = () => ({ L: get("n_layers"), n: get("n_positions"), k: get("k"), start: get("shown_start") });
+  const nTokens = () => get("tokens").length;
+  // Ask Python for the window starting at `start` (clamped there too); it sends the columns' bytes.
+  function page(start) {
+    const size = get("window_size");
+    start = Math.max(0, Math.min(Math.round(start), nTokens() - size));
+    if (start === get("window_start")) return;
+    model.set("window_start", start);
+    model.save_changes();
+  }
   const data = () => ({
     ids: int32sOf(get("top_tokens")),
     probs: bytesOf(get("top_probs")),
@@ -116,10 +142,10 @@ async function render({ model, el: host }) {
   }
 
   function geometry() {
-    const { L, n } = dims();
-    const colW = Math.max(3, Math.min(56, Math.floor(GRID_W / Math.max(1, n))));
+    const { L, n, start } = dims();
+    const colW = Math.max(3, Math.min(COL_MAX, Math.floor(GRID_W / Math.max(1, n))));
     const rowH = Math.max(6, Math.min(22, Math.floor(GRID_H / Math.max(1, L))));
-    return { L, n, colW, rowH, left: LEFT, top: 4, text: colW >= 28 && rowH >= 12 };
+    return { L, n, start, colW, rowH, left: LEFT, top: 4, text: colW >= 28 && rowH >= 12 };
   }
 
   function cellAt(evt) {
@@ -129,13 +155,13 @@ async function render({ model, el: host }) {
     const y = evt.clientY - r.top - g.top;
     const p = Math.floor(x / g.colW);
     const l = Math.floor(y / g.rowH);
-    return x >= 0 && y >= 0 && p < g.n && l < g.L ? [l, p] : null;
+    return x >= 0 && y >= 0 && p < g.n && l < g.L ? [l, g.start + p] : null;
   }
 
   function drawGrid() {
     const g = geometry();
     const ctx = sizeCanvas(grid, g.left + g.n * g.colW + 8, g.top + g.L * g.rowH + BOTTOM);
-    Object.assign(grid.dataset, { left: g.left, top: g.top, colWidth: g.colW, rowHeight: g.rowH, rows: g.L, cols: g.n });
+    Object.assign(grid.dataset, { left: g.left, top: g.top, colWidth: g.colW, rowHeight: g.rowH, rows: g.L, cols: g.n, start: g.start });
     const shade = metricBytes(); // rebuilt every paint: L × n cells is a few thousand bytes
     image = g.L && g.n ? mapImage(shade, g.n, g.L) : null;
     if (image) ctx.drawImage(image, g.left, g.top, g.n * g.colW, g.L * g.rowH);
@@ -163,8 +189,9 @@ async function render({ model, el: host }) {
     for (let l = 0; l < g.L; l += every) ctx.fillText(`L${l}`, g.left - 4, g.top + (l + 0.5) * g.rowH);
     // Token labels, rotated, under their columns (every few when the columns are narrow).
     const tokens = get("tokens");
-    const sel_t = get("token");
-    const pos = get("position");
+    // Columns are window-relative: column c is token position g.start + c.
+    const sel_t = get("token") - g.start;
+    const pos = get("position") - g.start;
     const step = Math.ceil(12 / g.colW);
     for (let p = 0; p < g.n; p++) {
       if (p % step && p !== sel_t && p !== pos) continue;
@@ -173,7 +200,7 @@ async function render({ model, el: host }) {
       ctx.rotate(-Math.PI / 2);
       ctx.textAlign = "right";
       ctx.fillStyle = p === sel_t ? "#b35c00" : p === pos ? "#d62728" : "#333";
-      ctx.fillText(fitText(ctx, tokens[p] ?? "", BOTTOM - 8), 0, 0);
+      ctx.fillText(fitText(ctx, tokens[g.start + p] ?? "", BOTTOM - 8), 0, 0);
       ctx.restore();
     }
     // The target position, the selected layer row and token column.
@@ -189,11 +216,37 @@ async function render({ model, el: host }) {
     }
   }
 
-  function cellText(l, p) {
-    const { n, k } = dims();
+  // The whole text as one strip: the shown window outlined, the target position red, the selected token orange.
+  function drawStrip() {
+    const total = nTokens();
+    const w = Math.max(120, Math.min(GRID_W, 4 * total)) - 60;
+    const ctx = sizeCanvas(strip, w, STRIP_H);
+    const x = (p) => (p / Math.max(1, total)) * w;
+    ctx.fillStyle = "#eee";
+    ctx.fillRect(0, 3, w, STRIP_H - 6);
+    const { n, start } = dims();
+    ctx.fillStyle = "#9bbbe0";
+    ctx.fillRect(x(start), 0, Math.max(2, x(start + n) - x(start)), STRIP_H);
+    const mark = (p, colour) => {
+      if (p < 0 || p >= total) return;
+      ctx.fillStyle = colour;
+      ctx.fillRect(x(p), 0, Math.max(2, x(p + 1) - x(p)), STRIP_H);
+    };
+    mark(get("position"), "#d62728");
+    mark(get("token"), "#ff8c00");
+    Object.assign(strip.dataset, { width: w, tokens: total });
+    earlier.disabled = start <= 0;
+    later.disabled = start + n >= total;
+    where.textContent = n < total ? `positions ${start}–${start + n - 1} of ${total}` : "";
+    pager.style.display = n < total ? "flex" : "none";
+  }
+
+  function cellText(l, position) {
+    const { n, k, start } = dims();
     const d = data();
     const vocab = get("vocab");
-    const i = l * n + p;
+    const p = position;
+    const i = l * n + (position - start);
     const lines = [`layer ${l} · position ${p} ${q(get("tokens")[p] ?? "")} → next token`];
     for (let j = 0; j < k; j++) lines.push(`  ${pct(d.probs[i * k + j] / 255).padStart(6)}  ${q(vocab[d.ids[i * k + j]] ?? "")}`);
     lines.push(`target ${get("target_label")}: p ${pct(d.tprob[i])}, rank ${d.trank[i] + 1}`);
@@ -202,12 +255,13 @@ async function render({ model, el: host }) {
   }
 
   function drawSide() {
-    const { L, n, k } = dims();
+    const { L, n, k, start } = dims();
     const l = clicked ? clicked[0] : Math.min(get("layer"), L - 1);
     const p = clicked ? clicked[1] : get("token") >= 0 ? get("token") : get("position");
     list.replaceChildren();
-    if (l < 0 || p < 0 || p >= n) return;
-    const i = l * n + p;
+    cellCaption.textContent = "";
+    if (l < 0 || p < start || p >= start + n) return; // not in the window (yet): Python is sending it
+    const i = l * n + (p - start);
     const d = data();
     const vocab = get("vocab");
     cellCaption.textContent = `layer ${l}, after ${q(get("tokens")[p] ?? "")} (#${p}) — click a token to explain it:`;
@@ -243,6 +297,7 @@ async function render({ model, el: host }) {
     title.textContent = `Logit lens · target ${get("target_label")} after #${get("position")}`;
     hint.textContent = "rows: the stream after each layer · hover a cell for its top-5 · click to select";
     drawGrid();
+    drawStrip();
     drawSide();
     legend.textContent =
       metric === "target_rank" ? "darker = better rank (log scale)"
@@ -251,7 +306,7 @@ async function render({ model, el: host }) {
       : "darker = more probable";
     root.dataset.metric = metric;
     root.dataset.layer = String(get("layer"));
-    const key = `${metric},${get("shown_target")},${bytesOf(get("top_probs")).length}`;
+    const key = `${metric},${get("shown_target")},${get("shown_start")},${bytesOf(get("top_probs")).length}`;
     if (image && paintedKey !== key) {
       paintedKey = key;
       model.set("painted", get("painted") + 1);
@@ -276,15 +331,28 @@ async function render({ model, el: host }) {
     schedule();
     root.focus();
   });
+  earlier.addEventListener("click", () => page(get("shown_start") - get("window_size")));
+  later.addEventListener("click", () => page(get("shown_start") + get("window_size")));
+  strip.addEventListener("click", (evt) => {
+    const r = strip.getBoundingClientRect();
+    const p = Math.floor(((evt.clientX - r.left) / r.width) * nTokens());
+    page(p - Math.floor(get("window_size") / 2));
+  });
   root.addEventListener("keydown", (evt) => {
-    const { L, n } = dims();
+    const { L } = dims();
     let l = get("layer");
     let t = get("token") >= 0 ? get("token") : get("position");
+    // Moving the selected token out of the window makes Python move the window to it.
     if (evt.key === "ArrowUp") l = Math.max(0, l - 1);
     else if (evt.key === "ArrowDown") l = Math.min(L - 1, l + 1);
     else if (evt.key === "ArrowLeft") t = Math.max(0, t - 1);
-    else if (evt.key === "ArrowRight") t = Math.min(n - 1, t + 1);
-    else return;
+    else if (evt.key === "ArrowRight") t = Math.min(nTokens() - 1, t + 1);
+    else if (evt.key === "PageUp" || evt.key === "PageDown") {
+      page(get("shown_start") + (evt.key === "PageUp" ? -1 : 1) * get("window_size"));
+      evt.preventDefault();
+      evt.stopPropagation();
+      return;
+    } else return;
     clicked = [l, t];
     sel.set({ layer: l, token: t });
     evt.preventDefault();
@@ -292,7 +360,8 @@ async function render({ model, el: host }) {
     schedule();
   });
 
-  const names = ["vocab_ids", "top_tokens", "top_probs", "vocab", "metric", "shown_target", "target_label", "position", "reason", "tokens"];
+  const names = ["vocab_ids", "top_tokens", "top_probs", "vocab", "metric", "shown_target", "target_label", "position", "reason",
+    "tokens", "shown_start", "n_positions"];
   for (const k of names) model.on(`change:${k}`, schedule);
   sel.on(schedule);
   draw();

@@ -506,12 +506,14 @@ class Adapter:
                 return module
         return projection
 
-    def unembed(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def unembed(self, hidden: torch.Tensor, vocab: slice | None = None) -> torch.Tensor | None:
         """Logits from hidden states *after* the final norm, as the model's own head computes them.
 
         That is :meth:`head` (DistilBERT's transform is three loose modules, applied here in its
         order) followed by the logit scaling some families apply after it: Gemma 2/3 soft-capping,
         Cohere's ``logit_scale``, Granite's ``logits_scaling``. None for models without a head.
+        ``vocab``: only the logits of these token ids (a slice), for reductions that walk the vocabulary
+        a block at a time; a plain linear head then computes just those rows.
         """
         head = self.head()
         if head is None:
@@ -519,7 +521,13 @@ class Adapter:
         m = self.model
         if head is self.unembedding() and all(hasattr(m, n) for n in ("vocab_transform", "activation", "vocab_layer_norm")):
             hidden = m.vocab_layer_norm(m.activation(m.vocab_transform(hidden)))  # DistilBERT's masked-LM head
-        logits = head(hidden)
+        if vocab is None:
+            logits = head(hidden)
+        elif type(head) is nn.Linear:
+            weight, bias = _materialized(head, "weight"), _materialized(head, "bias")
+            logits = torch.nn.functional.linear(hidden, weight[vocab], None if bias is None else bias[vocab])
+        else:
+            logits = head(hidden)[..., vocab]
         factor, cap = self.logit_transform()
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

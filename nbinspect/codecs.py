@@ -51,10 +51,10 @@ def pool_max(maps: torch.Tensor, cells: int) -> tuple[torch.Tensor, int]:
     # Keys first (one pass over the whole map, into 1/block of it), then queries over that small result.
     # Reshaped maxima rather than max_pool2d, which also computes an index per cell on the CPU (3x slower
     # at 2048 tokens). A ragged last block is kept, not dropped with the last tokens.
-    return _block_max(_block_max(maps, block, -1), block, -2), block
+    return block_max(block_max(maps, block, -1), block, -2), block
 
 
-def _block_max(x: torch.Tensor, block: int, dim: int) -> torch.Tensor:
+def block_max(x: torch.Tensor, block: int, dim: int) -> torch.Tensor:
     """Maxima of consecutive ``block``-long runs along ``dim`` (-1 or -2), the last run possibly shorter."""
     size = x.shape[dim]
     whole = size // block * block
@@ -174,10 +174,11 @@ LENS_BLOCK_MAX_BYTES = 2 * 2**20
 LENS_TOP_K = 5
 #: Token positions (columns) the logit-lens view decodes and shows at once; the rest are decoded when the
 #: user pages to them or selects a token there. Each column is L·d·V multiply-adds, 6.3/n of a forward
-#: over n tokens on SmolLM2, and the reductions add ~35% on a CPU: 4 columns are 4 × 6.3 / 128 = 0.2 of
-#: a forward at 128 tokens in multiply-adds, ~0.27 measured, within the 0.3 goal (6 were ~0.4). Four
-#: columns of ≤ 120 px show each cell's top token as text.
-LENS_WINDOW = 4
+#: over n tokens on SmolLM2, and the reductions add ~35% on a CPU: 3 columns are 3 × 6.3 / 128 = 0.15 of
+#: a forward at 128 tokens in multiply-adds, 0.20-0.27 measured (one thread, shared 2-core CPU), within
+#: the 0.3 goal with attribution's ~0.02; 4 measured 0.25-0.31, 6 ~0.4. Columns of ≤ 150 px show each
+#: cell's top token as text.
+LENS_WINDOW = 3
 
 
 def quantize_signed(values: torch.Tensor, dim=None) -> tuple[torch.Tensor, torch.Tensor]:

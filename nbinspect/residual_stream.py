@@ -113,13 +113,6 @@ def _weights_of(trace, adapter: Adapter):
 
 
 # --- the unembedding as the model applies it ------------------------------------------------------
-def _unembed(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
-    """float32 logits of residual-stream vectors ``x`` [..., d]: the final norm, then the model's own head
-    and logit transforms (:meth:`Adapter.unembed`, where architecture differences live)."""
-    head = adapter.unembedding()
-    return adapter.unembed(adapter.final_norm()(x.to(_weight(head, "weight").device))).float()
-
-
 def _weight(module: nn.Module, name: str) -> torch.Tensor | None:
     from .adapters import _materialized
 
@@ -188,10 +181,11 @@ class LogitLens:
 def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) -> LogitLens:
     """Decode the residual stream after every block through the final norm and unembedding.
 
-    One batched unembedding of all ``layers × positions`` residuals, in chunks of positions within
-    ``codecs.LENS_CHUNK_MAX_BYTES`` of logits; top-k, entropy, KL and the target's probability and rank are
-    reduced on the device in each chunk, so no ``[layers, positions, vocab]`` tensor is ever kept.
-    ``target``: a token id (default: the trace's target token, when it has one).
+    Batched unembeddings of ``codecs.LENS_CHUNK_ROWS`` layer × position residuals at a time, one block of
+    the vocabulary at a time (``codecs.LENS_BLOCK_MAX_BYTES`` of logits): top-k, the softmax sums, entropy,
+    KL and the target's probability and rank are reduced on the device block by block (an online softmax),
+    so no ``[layers, positions, vocab]`` tensor is ever made, and the reductions read each block while it
+    is still in cache. ``target``: a token id (default: the trace's target token, when it has one).
     ``positions``: the token positions to decode (ints, negative from the end; default: all of them).
     Each column costs ``L·d·V`` multiply-adds (6.3× a forward's per token on SmolLM2), so views decode
     only the columns they show; the columns come back in the order asked, named by ``.positions``.
@@ -216,42 +210,22 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) 
         if picked.dim() != 1 or bool(((picked < -n) | (picked >= n)).any()):
             raise IndexError(f"positions {picked.tolist()[:8]} are out of range: the text has tokens 0..{n - 1}.")
         picked = picked % n
-    index = picked.to(residual[0].after.device)
-    stream = torch.stack([r.after[0].index_select(0, index.to(r.after.device)).to(device) for r in residual], dim=1)
+    stream = torch.stack([r.after[0].index_select(0, picked.to(r.after.device)).to(device) for r in residual], dim=1)
     n, L, _ = stream.shape  # [positions, L, d]
-    per_position = L * vocab * 4 * 3  # logits, their probabilities and a comparison mask, float32
-    chunk = max(1, codecs.LENS_CHUNK_MAX_BYTES // per_position)
+    chunk = max(1, codecs.LENS_CHUNK_ROWS // L)
     out = {name: [] for name in ("ids", "probs", "entropy", "kl", "tprob", "trank")}
     with _weights_of(trace, adapter), torch.no_grad():
         for start in range(0, n, chunk):
-            logits = _unembed(adapter, stream[start:start + chunk])  # [c, L, V]
-            logp = logits.sub_(logits.logsumexp(dim=-1, keepdim=True))  # in place: log-probabilities
-            p = logp.exp()
-            c = logp.shape[0]
-            flat_p, flat_logp = p.reshape(c * L, 1, vocab), logp.reshape(c * L, vocab, 1)
-            entropy = -torch.bmm(flat_p, flat_logp).reshape(c, L)
-            # Σ p_final (log p_final − log p_layer) from the difference itself: −H − cross-entropy would
-            # cancel to float32 noise for the small KLs of the last layers.
-            gap = logp[:, -1:, :] - logp  # [c, L, V]
-            kl = torch.bmm(p[:, -1:, :], gap.transpose(1, 2)).reshape(c, L).clamp_min_(0.0)
-            del gap
-            top = torch.topk(logp, k, dim=-1)
-            out["ids"].append(top.indices)
-            out["probs"].append(top.values.exp())
-            out["entropy"].append(entropy)
-            out["kl"].append(kl)
-            if target is not None:
-                t = logp[..., int(target)]
-                out["tprob"].append(t.exp())
-                out["trank"].append((logp > t[..., None]).sum(dim=-1))
-            del logits, logp, p
-    cat = lambda name: torch.cat(out[name]).transpose(0, 1).contiguous()  # noqa: E731 -> [L, n, ...]
+            part = _lens_chunk(adapter, stream[start:start + chunk], k, target, vocab)
+            for name, value in part.items():
+                out[name].append(value)
     if n == 0:
         empty = lambda dtype, *shape: torch.zeros(L, 0, *shape, dtype=dtype, device=device)  # noqa: E731
         t = target is not None
         return LogitLens(empty(torch.long, k), empty(torch.float32, k), empty(torch.float32), empty(torch.float32),
                          None if not t else int(target), empty(torch.float32) if t else None,
                          empty(torch.long) if t else None, picked)
+    cat = lambda name: torch.cat(out[name]).transpose(0, 1).contiguous()  # noqa: E731 -> [L, n, ...]
     codecs.check_finite(torch.cat(out["entropy"]), "the logit lens")
     return LogitLens(
         top_ids=cat("ids"),
@@ -263,6 +237,66 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) 
         target_rank=cat("trank") if target is not None else None,
         positions=picked,
     )
+
+
+def _lens_chunk(adapter: Adapter, x: torch.Tensor, k: int, target: int | None, vocab: int) -> dict:
+    """The lens reductions of residuals ``x`` [c, L, d], one vocabulary block at a time (online softmax).
+
+    Per row, with ``m`` the running max logit: ``S = Σ e^(z−m)``, ``E = Σ e^(z−m)(z−m)`` (entropy
+    ``log S − E/S``) and, against the same position's last row ``f``, ``G = Σ e^(z_f−m_f)(z_f−z)``
+    (``KL(final ‖ row) = G/S_f − (lse_f − lse_row)``, from differences taken element by element so the
+    small KLs of the last layers do not cancel away; exactly 0 on the last row). The sums are kept in
+    float64. The target's block goes first, so its logit for the rank is the one the GEMM made.
+    """
+    normed = adapter.final_norm()(x)
+    c, L = x.shape[:2]
+    width = max(1, min(vocab, codecs.LENS_BLOCK_MAX_BYTES // (4 * c * L)))
+    blocks = [(lo, min(lo + width, vocab)) for lo in range(0, vocab, width)]
+    if target is not None:
+        first = int(target) // width
+        blocks.insert(0, blocks.pop(first))
+    m = S = E = G = top_v = top_i = xt = rank = None
+    for lo, hi in blocks:
+        z = adapter.unembed(normed, vocab=slice(lo, hi)).float()  # [c, L, b]
+        if target is not None:
+            if xt is None:
+                xt = z[..., int(target) - lo].clone()
+                rank = torch.zeros(c, L, dtype=torch.long, device=z.device)
+            rank += (z > xt[..., None]).sum(-1)
+        v, i = torch.topk(z, min(k, hi - lo), dim=-1)
+        if top_v is not None:
+            v, j = torch.topk(torch.cat([top_v, v], -1), min(k, top_v.shape[-1] + v.shape[-1]), dim=-1)
+            i = torch.cat([top_i, i + lo], -1).gather(-1, j)
+        else:
+            i = i + lo
+        top_v, top_i = v, i
+        m_new = z.amax(-1) if m is None else torch.maximum(m, z.amax(-1))
+        d = z - m_new[..., None]  # ≤ 0
+        e = d.exp()
+        s_blk = e.sum(-1).double()  # (a float64 sum would first copy the block to float64)
+        e_blk = torch.bmm(e.view(c * L, 1, -1), d.view(c * L, -1, 1)).view(c, L).double()
+        # Σ e_f (z_f − z) = Σ e_f d_f − Σ e_f d + (m_f − m) Σ e_f: one product of d with the last row's e;
+        # d is small where e_f is not (both are measured from their row's max), so nothing large cancels.
+        ed = torch.bmm(d, e[:, -1:, :].transpose(1, 2)).view(c, L).double()  # Σ e_f d per row
+        g_blk = ed[:, -1:] - ed + (m_new[:, -1:] - m_new).double() * s_blk[:, -1:]
+        if m is None:
+            S, E, G = s_blk, e_blk, g_blk
+        else:
+            shift = (m - m_new).double()  # ≤ 0: rescale what was summed against the old max
+            alpha = shift.exp()
+            E = alpha * (E + shift * S) + e_blk
+            S = alpha * S + s_blk
+            G = alpha[:, -1:] * G + g_blk
+        m = m_new
+        del z, d, e
+    lse = m.double() + S.log()
+    entropy = (S.log() - E / S).float().clamp_min_(0.0)
+    kl = (G / S[:, -1:] - (lse[:, -1:] - lse)).float().clamp_min_(0.0)
+    part = {"ids": top_i, "probs": (top_v.double() - lse[..., None]).exp().float(), "entropy": entropy, "kl": kl}
+    if target is not None:
+        part["tprob"] = (xt.double() - lse).exp().float()
+        part["trank"] = rank
+    return part
 
 
 def _trace_token(trace) -> int | None:
@@ -382,7 +416,7 @@ def direct_logit_attribution(trace, *, target: int | None = None, foil: int | No
     with _weights_of(trace, adapter), torch.no_grad():
         if target is None:  # the model's own prediction, read off the logits the trace kept
             kept = getattr(record, "logits", None)
-            logits = kept[0, position] if kept is not None else _unembed(adapter, x_L[None])[0]
+            logits = kept[0, position] if kept is not None else adapter.unembed(norm(x_L[None]))[0]
             target = int(logits.argmax())
         for name, t in (("target", target), ("foil", foil)):
             if t is not None and not 0 <= int(t) < vocab:

@@ -140,11 +140,24 @@ def test_lens_in_small_chunks_gives_the_same_answer(monkeypatch):
     model = tiny("gpt2")
     trace = make_trace(model, CharTokenizer(), TEXT)
     whole = rs.logit_lens(trace, target=4)
-    monkeypatch.setattr(codecs, "LENS_CHUNK_MAX_BYTES", 1)  # one position per chunk
+    monkeypatch.setattr(codecs, "LENS_CHUNK_ROWS", 1)  # one position per chunk
+    monkeypatch.setattr(codecs, "LENS_BLOCK_MAX_BYTES", 4 * 3 * 7)  # 7 tokens per vocabulary block
     pieces = rs.logit_lens(trace, target=4)
     assert torch.equal(whole.top_ids, pieces.top_ids)
     assert torch.allclose(whole.kl_to_final, pieces.kl_to_final, atol=1e-6)
+    assert torch.allclose(whole.entropy, pieces.entropy, atol=1e-5)
+    assert torch.allclose(whole.top_probs, pieces.top_probs, atol=1e-6)
     assert torch.equal(whole.target_rank, pieces.target_rank)
+    # Against the plain computation on whole logits: every layer, not only the last.
+    x = torch.stack([trace.record.residual[l].after[0] for l in range(3)])
+    with torch.no_grad():
+        logp = model.lm_head(model.transformer.ln_f(x)).log_softmax(-1)
+    p = logp.exp()
+    assert torch.allclose(pieces.entropy, -(p * logp).sum(-1), atol=1e-5)
+    kl = (p[-1:] * (logp[-1:] - logp)).sum(-1)
+    assert torch.allclose(pieces.kl_to_final, kl, atol=1e-5) and float(kl[0].max()) > 1e-4
+    assert torch.equal(pieces.target_rank, (logp > logp[..., 4:5]).sum(-1))
+    assert torch.allclose(pieces.target_prob, p[..., 4], atol=1e-6)
 
 
 # --- block writes ----------------------------------------------------------------------------------
@@ -259,6 +272,62 @@ def test_lens_view_sends_bytes_that_decode_to_the_lens():
         view.target = "hi"
     with pytest.raises(Exception, match="metric"):
         view.metric = "loudness"
+
+
+def _sent(view):
+    """What the lens view has sent, decoded: (positions, top ids [L, c, k], kl [L, c], target p [L, c])."""
+    L, c, k = view.n_layers, view.n_positions, view.k
+    ids = _ints(view.vocab_ids)[_ints(view.top_tokens).long()].reshape(L, c, k).long()
+    positions = list(range(view.shown_start, view.shown_start + c))
+    return positions, ids, _floats(view.kl).reshape(L, c), _floats(view.target_prob).reshape(L, c)
+
+
+def test_lens_view_decodes_only_its_window_and_fills_in_columns_on_demand(monkeypatch):
+    from nbinspect.views.logit_lens_view import LogitLensView
+
+    model = randomize_biases(tiny("llama"))
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    n, w = trace.n_tokens, codecs.LENS_WINDOW
+    assert n > 3 * w  # the text is longer than a window, or nothing here is lazy
+    full = rs.logit_lens(trace, k=codecs.LENS_TOP_K, target=int(trace.record.logits[0, -1].argmax()))
+    asked = []
+    decode = rs.logit_lens
+    monkeypatch.setattr(rs, "logit_lens", lambda *a, **kw: asked.append(list(kw["positions"])) or decode(*a, **kw))
+
+    def check(view, positions):
+        sent, ids, kl, tprob = _sent(view)
+        assert sent == positions
+        assert torch.equal(ids, full.top_ids[:, positions])
+        assert torch.allclose(kl, full.kl_to_final[:, positions], atol=1e-5)
+        assert torch.allclose(tprob, full.target_prob[:, positions], atol=1e-6)
+
+    view = LogitLensView(trace)
+    last = list(range(n - w, n))  # by default the last positions, where the prediction is
+    assert asked == [last] and view.decoded_positions() == last and view.lens().positions.tolist() == last
+    check(view, last)
+    # Selecting a token outside the window (here, or a click in any linked view) decodes its columns only.
+    view.selection.token = 3
+    first = list(view.positions)
+    assert 3 in first and len(first) == w and asked[-1] == first
+    check(view, first)
+    # Paging (the browser sets window_start) decodes what is new and reuses what was decoded.
+    view.window_start = first[0] + w - 2
+    paged = list(range(first[0] + w - 2, first[0] + 2 * w - 2))
+    assert asked[-1] == [p for p in paged if p not in first]
+    check(view, paged)
+    assert view.decoded_positions() == sorted(set(first) | set(paged) | set(last))
+    # Each column was decoded once, and never outside the windows shown.
+    flat = [p for call in asked for p in call]
+    assert len(flat) == len(set(flat)) == len(view.decoded_positions())
+    # A second view of the same trace reuses the columns kept on the trace.
+    before = len(asked)
+    again = LogitLensView(trace)
+    assert len(asked) == before
+    check(again, last)
+    # Asked for explicitly, the view shows (and decodes) the full grid.
+    whole = nbinspect.logit_lens(trace, window=n)
+    check(whole, list(range(n)))
+    assert view.window_size == w and whole.window_size == n
 
 
 def test_attribution_view_follows_target_foil_and_selection():
@@ -378,13 +447,13 @@ def test_views_follow_an_edited_trace():
     writes = BlockWritesView(trace, selection=lens.selection)
     assert lens.shown_target == ord("h") and dla.shown_target == int(trace.record.logits[0, -1].argmax())
     edited = trace.edit(nbinspect.AblateHead(2, 1))
-    old = (bytes(lens.top_probs), bytes(dla.heads), bytes(writes.mlp))
+    old = (bytes(lens.entropy), bytes(dla.heads), bytes(writes.mlp))  # float32: a small change shows
     for view in (lens, dla, writes):
         view.show(edited)
         assert view.trace is edited
     assert float(_floats(dla.heads).reshape(3, 4)[2, 1]) == 0.0
     assert dla.logit == pytest.approx(float(edited.record.logits[0, -1, dla.shown_target]), abs=1e-4)
-    assert bytes(lens.top_probs) != old[0]
+    assert bytes(lens.entropy) != old[0]
     before, after = _floats(old[2]).reshape(3, -1), _floats(writes.mlp).reshape(3, -1)
     assert torch.equal(before[:2], after[:2]) and not torch.equal(before[2], after[2])  # only layer 2 re-ran
     assert torch.allclose(_floats(writes.attention).reshape(3, -1), rs.block_writes(edited).attention)
