@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .adapters import ModelParts
-from .anatomy import Inventory, inventory
+from .anatomy import Inventory, _to_host, inventory
 
 
 class ArchitectureMismatch(ValueError):
@@ -80,8 +80,8 @@ def compare_weights(model_a: nn.Module, model_b: nn.Module, parts: ModelParts | 
             b = piece.tensor(model_b).detach().to(a.device)
             na = torch.linalg.vector_norm(a.float())
             nd = torch.linalg.vector_norm(a.float() - b.float())
-            rows.append(torch.stack([nd, na]).double().cpu())
-    norms = torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)  # [pieces, (‖A−B‖, ‖A‖)]
+            rows.append(torch.stack([nd, na]).double())  # stays on the device: one copy back for all, below
+    norms = torch.stack(_to_host(rows)) if rows else torch.zeros(0, 2, dtype=torch.float64)  # [pieces, (‖A−B‖, ‖A‖)]
     relative = (norms[:, 0] / norms[:, 1]).float()
     relative = torch.where(norms[:, 1] == 0, torch.where(norms[:, 0] == 0, 0.0, float("inf")), relative)
     relative[norms[:, 1].isnan()] = float("nan")
