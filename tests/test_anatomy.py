@@ -161,6 +161,29 @@ def test_statistics_of_awkward_tensors(stats_path):
     assert math.isnan(m.mean) and h.counts.sum() == 0
 
 
+@pytest.mark.real_model
+def test_smollm2_statistics_match_numpy(smollm2):
+    """The default model's own weights, over many blocks: the embedding (28M values), a norm (values near 1)
+    and one of each projection; numbers as numpy gives them in float64."""
+    model, _ = smollm2
+    inv = A.parameter_stats(model)
+    names = ["model.embed_tokens.weight", "model.layers.7.input_layernorm.weight", "model.layers.7.self_attn.k_proj.weight",
+             "model.layers.29.mlp.down_proj.weight", "model.norm.weight"]
+    for name in names:
+        i = inv.select(name=name)[0]
+        m, h = inv.stats[i], inv.histograms[i]
+        x = inv.pieces[i].tensor(model).detach().double().cpu().numpy().ravel()
+        d = x - x.mean()
+        assert m.n == x.size and h.counts.sum() == x.size, name
+        assert m.mean == pytest.approx(x.mean(), rel=1e-6, abs=1e-6 * x.std()), name
+        assert m.std == pytest.approx(x.std(), rel=1e-5), name
+        assert m.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=1e-4, abs=1e-4), name
+        assert m.max_abs == np.abs(x).max() and m.near_zero == (np.abs(x) <= A.NEAR_ZERO * np.abs(x).max()).sum(), name
+        counts, _ = np.histogram(x, bins=len(h.counts), range=(x.min(), x.max()))
+        assert np.abs(h.counts.numpy() - counts).sum() <= 4, name
+    assert inv.by_kind()["output head"]["count"] == 0  # tied to the embedding: counted once
+
+
 def test_histograms_on_request_equal_the_eager_ones():
     model = tiny("llama")
     eager = A.parameter_stats(model)
