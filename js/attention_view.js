@@ -1,5 +1,7 @@
 // AttentionView: layers × heads thumbnails (left) and the focused head as a token × token heatmap.
 // Pairs with nbinspect/views/attention_view.py. Canvas only; token text via fillText/textContent.
+// A "head types" checkbox asks Python for a badge per head (measured once per model, on first use) and draws
+// it in the thumbnail's corner: P previous-token, I induction, D duplicate-token, S first-token (sink).
 import { bytesOf, dequantize, float32sOf } from "./codecs.js";
 import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
@@ -11,6 +13,13 @@ const LABEL_PX = 84; // room for token labels left of and above the heatmap
 const GAP = 2;
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
 const SHARED = new Set(["layer", "head", "token"]); // live in the shared Selection, not in this view
+// Same letters as the attribution view's overlay; one colour per type so a column of induction heads stands out.
+const BADGES = {
+  previous_token: ["P", "#1f77b4"],
+  induction: ["I", "#d62728"],
+  duplicate_token: ["D", "#2ca02c"],
+  first_token: ["S", "#7f7f7f"],
+};
 
 const CSS = `
 .nbi-attn { font: ${FONT}; color: #222; display: inline-block; position: relative; outline: none; }
@@ -39,6 +48,17 @@ async function render({ model, el: host }) {
   const legend = el("span", "nbi-hint", head);
   const busy = el("span", "nbi-busy", head);
   busy.textContent = "recomputing…";
+  const typesLabel = el("label", "nbi-hint", head);
+  const typesBox = el("input", null, typesLabel);
+  typesBox.type = "checkbox";
+  typesLabel.appendChild(document.createTextNode(" head types"));
+  typesLabel.title = "badge each head by its type, measured on a repeated random sequence (one short run, first time only)";
+  typesBox.addEventListener("change", () => {
+    model.set("show_head_types", typesBox.checked);
+    model.save_changes();
+    schedule();
+  });
+  const typesHint = el("span", "nbi-hint", head);
   const body = el("div", "nbi-body", root);
   const grid = el("canvas", "nbi-grid", body);
   const focus = el("canvas", "nbi-focus", body);
@@ -50,6 +70,12 @@ async function render({ model, el: host }) {
   let frame = 0;
 
   const get = (k) => (SHARED.has(k) ? sel.get(k) : model.get(k));
+  // The badges, when switched on and arrived: uint8 [layers, heads], 0 none, else 1 + index in head_type_names.
+  const badges = () => {
+    if (!get("show_head_types")) return null;
+    const b = bytesOf(get("head_types"));
+    return b.length === get("n_layers") * get("n_heads") ? b : null;
+  };
   const layout = () => {
     const L = get("n_layers");
     const H = get("n_heads");
@@ -102,6 +128,31 @@ async function render({ model, el: host }) {
         }
       }
     }
+    const b = badges();
+    if (b) {
+      // A square in each typed head's top-right corner, its letter inside when there is room.
+      const names = get("head_type_names");
+      const s = Math.max(6, Math.min(12, Math.floor(T / 2.5)));
+      ctx.font = `bold ${s - 2}px system-ui, sans-serif`;
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      for (let l = 0; l < L; l++)
+        for (let h = 0; h < H; h++) {
+          const kind = b[l * H + h];
+          if (!kind) continue;
+          const [letter, colour] = BADGES[names[kind - 1]] ?? ["?", "#000"];
+          const x = left + h * (T + GAP) + T - s;
+          const y = top + l * (T + GAP);
+          ctx.fillStyle = colour;
+          ctx.fillRect(x, y, s, s);
+          if (s >= 9) {
+            ctx.fillStyle = "#fff";
+            ctx.fillText(letter, x + s / 2, y + s / 2 + 0.5);
+          }
+        }
+      ctx.font = FONT;
+    }
+    grid.dataset.badges = b ? String(b.reduce((n, v) => n + (v ? 1 : 0), 0)) : "";
     const x = left + get("head") * (T + GAP);
     const y = top + get("layer") * (T + GAP);
     ctx.strokeStyle = "#d62728";
@@ -177,6 +228,12 @@ async function render({ model, el: host }) {
       ? `shade ∝ √(weight ÷ ${s.toPrecision(3)}) · rows attend to columns · click a thumbnail, ←/→ head, ↑/↓ layer`
       : "loading the full map…";
     root.classList.toggle("is-busy", get("busy"));
+    typesBox.checked = get("show_head_types");
+    const reason = get("head_types_reason");
+    typesHint.textContent = !get("show_head_types") ? ""
+      : reason ? reason
+      : badges() ? `P previous-token · I induction · D duplicate-token · S first-token (score ≥ ${get("badge_threshold")})`
+      : "measuring head types…";
     drawGrid();
     drawFocus();
     if (thumbsPending) {
@@ -231,7 +288,13 @@ async function render({ model, el: host }) {
     const l = Math.floor((evt.clientY - r.top - top) / (T + GAP));
     if (h >= 0 && h < H && l >= 0 && l < L) {
       const scale = float32sOf(get("thumbnail_scales"))[l * H + h];
-      showTip(evt, `layer ${l}, head ${h}\nlargest weight ${scale === undefined ? "?" : scale.toFixed(3)}\nclick to focus`);
+      const lines = [`layer ${l}, head ${h}`, `largest weight ${scale === undefined ? "?" : scale.toFixed(3)}`];
+      if (badges()) {
+        const scores = float32sOf(get("head_type_scores"));
+        get("head_type_names").forEach((name, i) => lines.push(`  ${name.replace("_", "-")} ${scores[i * L * H + l * H + h].toFixed(2)}`));
+      }
+      lines.push("click to focus");
+      showTip(evt, lines.join("\n"));
     } else hideTip();
   });
   grid.addEventListener("mouseleave", hideTip);
@@ -298,7 +361,8 @@ async function render({ model, el: host }) {
   model.on("change:thumbnails", onThumbs);
   model.on("change:focus", onFocus);
   model.on("change:focus_of", schedule);
-  for (const k of ["busy", "tokens"]) model.on(`change:${k}`, schedule);
+  const watched = ["busy", "tokens", "show_head_types", "head_types", "head_types_reason"];
+  for (const k of watched) model.on(`change:${k}`, schedule);
   sel.on(schedule);
   rebuildThumbs();
   rebuildFocus();
@@ -309,7 +373,7 @@ async function render({ model, el: host }) {
     model.off("change:thumbnails", onThumbs);
     model.off("change:focus", onFocus);
     model.off("change:focus_of", schedule);
-    for (const k of ["busy", "tokens"]) model.off(`change:${k}`, schedule);
+    for (const k of watched) model.off(`change:${k}`, schedule);
     sel.off(schedule);
   };
 }

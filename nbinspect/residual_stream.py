@@ -35,6 +35,7 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -660,3 +661,30 @@ def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     stacked = torch.stack([rec.attention[l].cpu() for l in range(adapter.n_layers)], dim=1)  # [4, L, H]
     return HeadTypes({k: stacked[i] for i, k in enumerate(HEAD_TYPES)}, period, ids[0].cpu())
+
+
+#: model -> {edits: (edits, weight version, HeadTypes)}: head types measured once per model and shared by every
+#: view that shows them (the attention grid's badges, the attribution's overlay).
+_HEAD_TYPES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def head_types_of(trace) -> HeadTypes:
+    """:func:`head_types` of a trace's model under its edits, measured the first time any view asks.
+
+    Kept per model until its weights change: the key holds the parameters' in-place version counters
+    (training steps and edits bump them), so a stale measurement is never shown.
+    """
+    model = trace.model
+    edits = tuple(getattr(trace, "edits", ()) or ())
+    version = lambda: sum(p._version for p in model.parameters())  # noqa: E731
+    # The edit objects themselves are kept with the result, so their ids stay theirs while it is stored.
+    which = (tuple(id(e) for e in edits), repr(edits))
+    store = _HEAD_TYPES.setdefault(model, {})
+    hit = store.get(which)
+    if hit is None or hit[1] != version():
+        types = head_types(trace)
+        store.clear()  # only the model as it is now is worth keeping
+        store[which] = (edits, version(), types)  # after the probe: applying edits bumps the counters
+        hit = store[which]
+    return hit[2]
+

@@ -172,3 +172,43 @@ def test_a_view_never_runs_the_model_while_weights_are_being_edited():
     assert time.perf_counter() - started >= 0.25
     t.join()
 
+
+
+def test_head_type_badges_switch_on_once_per_model(monkeypatch):
+    from nbinspect import residual_stream as rs
+    from nbinspect.trace import trace as make_trace
+    from nbinspect.views.attention_view import AttentionView
+    from nbinspect.views.logit_attribution_view import LogitAttributionView
+
+    model = tiny("llama")
+    probes = []
+    measure = rs.head_types
+    monkeypatch.setattr(rs, "head_types", lambda *a, **kw: probes.append(a) or measure(*a, **kw))
+    t = make_trace(model, CharTokenizer(), TEXT, gradients=False)
+    view = AttentionView(t)
+    assert view.head_types == b"" and not probes  # measured only when switched on
+    view.show_head_types = True  # what the browser's checkbox does
+    expected = measure(model, CharTokenizer()).badges()
+    L, H = view.n_layers, view.n_heads
+    sent = torch.frombuffer(bytearray(view.head_types), dtype=torch.uint8).reshape(L, H)
+    assert torch.equal(sent, expected) and len(probes) == 1
+    scores = torch.frombuffer(bytearray(view.head_type_scores), dtype=torch.float32).reshape(4, L, H)
+    types = view.types()
+    assert torch.equal(scores, torch.stack([types.scores[k] for k in rs.HEAD_TYPES]))
+    assert torch.equal(types.badges(), expected) and view.head_types_reason == ""
+    # Another view of the same model (another text), and the attribution's overlay: no new probe.
+    other = AttentionView(make_trace(model, CharTokenizer(), "a b a b", gradients=False), show_head_types=True)
+    dla = LogitAttributionView(t)
+    dla.show_head_types = True
+    assert other.head_types == view.head_types == dla.head_types and len(probes) == 1
+    # A random tiny model has few heads over the default threshold: lower it and every badge still matches.
+    view.badge_threshold = 0.05
+    low = torch.frombuffer(bytearray(view.head_types), dtype=torch.uint8).reshape(L, H)
+    assert torch.equal(low, types.badges(0.05)) and int((low > 0).sum()) > int((expected > 0).sum())
+    assert len(probes) == 1
+    # Changed weights are measured again (their in-place version counters moved).
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
+    view.show_head_types = False
+    view.show_head_types = True
+    assert len(probes) == 2

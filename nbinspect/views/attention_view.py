@@ -3,6 +3,13 @@
 The trace keeps the maps (on the model's device, see :mod:`nbinspect.attention_maps`); the view sends
 bytes only for what is on screen: all thumbnails once, and the focused head's map whenever the focus moves.
 The focus (``layer``, ``head``) and the hovered ``token`` are two-way traits.
+
+A switch (``show_head_types``, a checkbox in the browser) overlays a badge on each head's thumbnail:
+previous-token, induction, duplicate-token or first-token ("sink") head
+(:func:`nbinspect.residual_stream.head_types`). They are measured on a repeated random sequence, not on
+the shown text, only when first switched on, once per model (shared with the attribution view through
+:func:`nbinspect.residual_stream.head_types_of`); bytes: uint8 [layers, heads] badges and float32
+[4, layers, heads] scores.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import torch
 import traitlets
 
 from .. import codecs
+from .. import residual_stream as rs
 from ..adapters import ModelParts
 from ..trace import Trace
 from ._bundle import bundle
@@ -39,6 +47,15 @@ class AttentionView(View):
     focus_of = traitlets.List(traitlets.Int(), default_value=[-1, -1]).tag(sync=True)
     #: True while the model recomputes (e.g. after a perturbation slider moved).
     busy = traitlets.Bool(False).tag(sync=True)
+    #: Head-type badges on the thumbnails: switched on by the browser's checkbox or from Python. uint8
+    #: [layers, heads] badge per head (0 none, 1 + index in ``head_type_names``: its strongest type scoring
+    #: ≥ ``badge_threshold``), float32 [4, layers, heads] scores; ``head_types_reason``: why there are none.
+    show_head_types = traitlets.Bool(False).tag(sync=True)
+    head_types = traitlets.Bytes(b"").tag(sync=True)
+    head_type_scores = traitlets.Bytes(b"").tag(sync=True)
+    head_type_names = traitlets.List(traitlets.Unicode(), default_value=list(rs.HEAD_TYPES)).tag(sync=True)
+    badge_threshold = traitlets.Float(rs.BADGE_THRESHOLD).tag(sync=True)
+    head_types_reason = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, trace: Trace, selection: Selection | None = None, *, layer: int | None = None,
                  head: int | None = None, **kwargs):
@@ -54,6 +71,9 @@ class AttentionView(View):
         selection.observe(self._focus_moved, ["layer", "head"])
         self._send_thumbnails()
         self._send_focus()
+        self.observe(self._overlay, ["show_head_types", "badge_threshold"])
+        if self.show_head_types:  # asked for at construction
+            self._send_head_types()
 
     @property
     def _maps(self):
@@ -65,6 +85,8 @@ class AttentionView(View):
         self._send_thumbnails()
         self.focus_of = [-1, -1]
         self._send_focus()
+        if self.show_head_types:  # an edited model may have other head types
+            self._send_head_types()
 
     @traitlets.validate("head")
     def _valid_head(self, proposal):
@@ -98,6 +120,26 @@ class AttentionView(View):
             self.focus = codecs.to_bytes(maps.full[head])
             self.focus_of = [layer, head]
 
+    # --- head-type badges ----------------------------------------------------------------------
+    def _overlay(self, change) -> None:
+        if self.show_head_types:
+            self._send_head_types()
+
+    def types(self) -> rs.HeadTypes:
+        """Head-type scores of this model under the trace's edits (measured once per model, on first use)."""
+        return rs.head_types_of(self.trace)
+
+    def _send_head_types(self) -> None:
+        try:
+            t = self.types()
+        except ValueError as e:  # e.g. no vocabulary size to draw the random sequence from
+            self.head_types_reason = str(e)
+            return
+        with self.hold_sync():
+            self.head_type_scores = codecs.float32_bytes(torch.stack([t.scores[k] for k in rs.HEAD_TYPES]))
+            self.head_types = codecs.to_bytes(t.badges(self.badge_threshold))
+            self.head_types_reason = ""
+
     # --- for Python callers -------------------------------------------------------------------
     def weights(self, layer: int | None = None, head: int | None = None) -> torch.Tensor:
         """The focused (or given) head's map as the browser decodes it: float32 [f, f] on the host."""
@@ -109,6 +151,7 @@ class AttentionView(View):
     def payload_bytes(self) -> int:
         """Bytes this view has sent to the browser for its current state (binary traits and token text)."""
         binary = len(self.thumbnails) + len(self.thumbnail_scales) + len(self.focus)
+        binary += len(self.head_types) + len(self.head_type_scores)
         return binary + sum(len(t.encode()) + 3 for t in self.tokens)
 
 

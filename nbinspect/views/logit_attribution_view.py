@@ -113,9 +113,10 @@ class LogitAttributionView(TraceView):
             self._send_head_types()
 
     def types(self) -> rs.HeadTypes:
-        """Head-type scores of this model (under the trace's edits), measured once when first asked for."""
+        """Head-type scores of this model (under the trace's edits), measured once per model when first
+        asked for and shared with the attention view's badges (:func:`residual_stream.head_types_of`)."""
         if self._head_types is None:
-            self._head_types = rs.head_types(self.trace)
+            self._head_types = rs.head_types_of(self.trace)
             self._types_of = self.trace
         return self._head_types
 
