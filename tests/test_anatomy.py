@@ -129,7 +129,8 @@ def test_histograms_and_moments_match_numpy(family, stats_path):
 
 def test_statistics_of_awkward_tensors(stats_path):
     """Near-zero and kurtosis exactly as numpy on weights far from zero (norms near 1), a constant, a
-    tensor with exact zeros, and a tensor of a size no other has; a NaN gives NaN moments and no bins."""
+    tensor with exact zeros, a tensor of a size no other has and a bfloat16 one; a NaN gives NaN moments
+    and no bins."""
     g = torch.Generator().manual_seed(1)
     tensors = [
         1.0 + 0.05 * torch.randn(5000, generator=g),
@@ -137,6 +138,7 @@ def test_statistics_of_awkward_tensors(stats_path):
         torch.where(torch.rand(4000, generator=g) < 0.3, 0.0, torch.randn(4000, generator=g)),
         torch.randn(70, 90, generator=g) * 0.02,
         (torch.rand(3000, generator=g) - 0.5) ** 3,
+        (torch.randn(3000, generator=g) * 0.1).to(torch.bfloat16),  # converted a block at a time
     ]
     wide = A._summaries(tensors, 300)  # more bins than a byte can index: the int32 path
     for t, (m, h) in zip(tensors[:1], wide):
