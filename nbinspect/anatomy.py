@@ -316,16 +316,17 @@ def _to_host(rows: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class _Scratch:
-    """Work buffers for one block, allocated once per call: a fresh 4 MB temporary per operation would be
+    """Work buffers for one block, allocated once per call: a fresh 1 MB temporary per operation would be
     fresh pages from the allocator each time, and their page faults cost more than the arithmetic."""
 
     def __init__(self, step: int, device: torch.device):
         self.d = torch.empty(step, device=device)
         self.d2 = torch.empty(step, device=device)
         self.u = torch.empty(step, device=device)
-        self.i = torch.empty(step, dtype=torch.int32, device=device)
-        self.i16 = torch.empty(step, dtype=torch.int16, device=device)
-        self.u8 = torch.empty(step, dtype=torch.uint8, device=device)
+        if device.type == "cpu":  # bin indices (an accelerator bins with histc, in place)
+            self.i = torch.empty(step, dtype=torch.int32, device=device)
+            self.i16 = torch.empty(step, dtype=torch.int16, device=device)
+            self.u8 = torch.empty(step, dtype=torch.uint8, device=device)
 
 
 def _bin(c: torch.Tensor, bins: int, lo: float, hi: float, scratch: _Scratch | None = None) -> torch.Tensor:
