@@ -71,7 +71,7 @@ _CAUSAL_ROWS = 64
 
 def attention_weights(module: nn.Module, query, key, attention_mask, scaling=None, is_causal=None,
                       dtype: torch.dtype = torch.float32, value: torch.Tensor | None = None,
-                      softcap: float | None = None):
+                      softcap: float | None = None, reducer=None):
     """Eager attention probabilities, shape [batch, heads, q, k], from post-rotary q and k.
 
     Computed in float32 like eager attention and stored as ``dtype``. Written for long inputs: query rows
@@ -80,6 +80,8 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     Given ``value``, also returns eager's attention output ``[batch, q, heads, head_dim]``, computed from
     each block while it is at hand: ``(weights, output)``. ``softcap`` soft-caps the scores before the
     mask as eager does (Gemma 2/3: ``tanh(s / cap) * cap``).
+    Given a ``reducer`` (batch 1; see `capture.Request.blocks`), each block's probabilities go to
+    ``reducer.add(start, probs)`` instead of into one n x n tensor, and ``None`` stands for the weights.
     """
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -100,7 +102,7 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
     causal = mask is None and (getattr(module, "is_causal", True) if is_causal is None else is_causal) and q_len > 1
     if causal:
         mask = _causal_mask(q_len, k_len, query.device)
-    out = torch.empty(batch, heads, q_len, k_len, dtype=dtype, device=query.device)
+    out = None if reducer is not None else torch.empty(batch, heads, q_len, k_len, dtype=dtype, device=query.device)
     if value is not None:
         v = value.reshape(batch * kv_heads, k_len, value.shape[-1])
         # Laid out as eager returns it, [batch, q, heads, head_dim], so no transposed copy is needed.
@@ -124,9 +126,12 @@ def attention_weights(module: nn.Module, query, key, attention_mask, scaling=Non
             scores.add_(mask[..., start:stop, :visible])
         probs = scratch[size : 2 * size].view(batch, heads, stop - start, visible)
         torch.ops.aten._softmax.out(scores, -1, False, out=probs)
-        out[:, :, start:stop, :visible] = probs
-        if visible < k_len:
-            out[:, :, start:stop, visible:] = 0
+        if reducer is not None:
+            reducer.add(start, probs[0])
+        else:
+            out[:, :, start:stop, :visible] = probs
+            if visible < k_len:
+                out[:, :, start:stop, visible:] = 0
         if value is not None:
             rows_out = torch.bmm(probs.view(batch * kv_heads, -1, visible).to(v.dtype), v[:, :visible])
             output[:, start:stop] = rows_out.view(batch, kv_heads, n_rep, stop - start, -1).permute(0, 3, 1, 2, 4)
@@ -204,6 +209,15 @@ def _can_replace(query, args, kwargs) -> bool:
     return not (torch.is_grad_enabled() and query.requires_grad)
 
 
+def _reducer_for(listener: Listener, query: torch.Tensor, key: torch.Tensor):
+    """The listener's block reducer for this call (see `capture.Request.blocks`), or None: none asked for,
+    or a batch of several inputs (reducers see batch 0 only)."""
+    blocks = getattr(listener, "blocks", None)
+    if blocks is None or query.shape[0] != 1:
+        return None
+    return blocks(query.shape[1], query.shape[2], key.shape[2], query.device)
+
+
 def _wrapper(name: str, original: Callable | None) -> Callable:
     def capturing_attention(module, query, key, value, attention_mask, *args, **kwargs):
         fn = original if original is not None else _module_eager(module)
@@ -217,25 +231,30 @@ def _wrapper(name: str, original: Callable | None) -> Callable:
             return out
         if entry is not None and not entry[2] and original is not None and _can_replace(query, args, kwargs):
             listener, dtype, _, _ = entry
+            reducer = _reducer_for(listener, query, key)
             with torch.no_grad():
                 weights, output = attention_weights(
-                    module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype, value
+                    module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype, value,
+                    reducer=reducer,
                 )
-            listener(weights)
+            listener(weights if reducer is None else reducer)
             return output, None
         out = fn(module, query, key, value, attention_mask, *args, **kwargs)
         if entry is not None:
             listener, dtype, _, _ = entry
             weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+            reducer = _reducer_for(listener, query, key)
             with torch.no_grad():
                 if weights is None or weights.dtype != torch.float32:
                     weights = attention_weights(
                         module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal"), dtype,
-                        softcap=kwargs.get("softcap"),
+                        softcap=kwargs.get("softcap"), reducer=reducer,
                     )
+                elif reducer is not None:
+                    reducer.add(0, weights.detach()[0])
                 else:  # the model's own weights (eager): autograd may still need them, so hand over a copy
                     weights = weights.detach().to(dtype, copy=True)
-                listener(weights)
+                listener(weights if reducer is None else reducer)
         return out
 
     capturing_attention.__nbinspect__ = name
@@ -319,7 +338,13 @@ def _hook_own_code(module: nn.Module, listener: Listener, dtype: torch.dtype) ->
                 "of the capture for this model."
             )
         with torch.no_grad():
-            listener(weights.detach().to(dtype, copy=True))  # a copy the listener owns (see `listening`)
+            blocks = getattr(listener, "blocks", None)
+            if blocks is not None and weights.shape[0] == 1:
+                reducer = blocks(weights.shape[1], weights.shape[2], weights.shape[3], weights.device)
+                reducer.add(0, weights.detach()[0].float())
+                listener(reducer)
+            else:
+                listener(weights.detach().to(dtype, copy=True))  # a copy the listener owns (see `listening`)
 
     return [module.register_forward_pre_hook(ask, with_kwargs=True), module.register_forward_hook(hand_over)]
 

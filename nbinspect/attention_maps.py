@@ -8,6 +8,7 @@ reruns that one block. Nothing crosses to the host until a view asks for bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,61 @@ def reduce_layer(weights: torch.Tensor, keep_full: bool, layer: int = -1) -> Lay
     return LayerMaps(tq, ts, t_block, fq, fs, f_block)
 
 
+class MapPooler:
+    """A layer's maps built block by block while attention is computed (see `capture.Request.blocks`):
+    each block of query rows is pooled into the thumbnails (and the full maps) as it comes, so the layer's
+    n x n float32 probabilities never exist at once (150 MB a SmolLM2 layer at 2048 tokens)."""
+
+    def __init__(self, heads: int, q_len: int, k_len: int, device, keep_full: bool, buffer: torch.Tensor | None = None):
+        side = max(q_len, k_len)
+        self.targets = []
+        self.buffer = None
+        for cells, keep in ((codecs.THUMBNAIL_CELLS, True), (codecs.FOCUS_MAX_CELLS, keep_full)):
+            block = max(1, math.ceil(side / cells))
+            shape = (heads, math.ceil(q_len / block), math.ceil(k_len / block))
+            pooled = None
+            if keep and cells == codecs.FOCUS_MAX_CELLS and buffer is not None and buffer.numel() >= math.prod(shape):
+                # The previous layer's float32 full maps, already quantized: reused, since a fresh tensor
+                # this size pays a page fault per 4 KB on first touch (most of its cost on the CPU).
+                self.buffer = buffer
+                pooled = buffer[: math.prod(shape)].view(shape).zero_()
+            elif keep:
+                pooled = torch.zeros(shape, device=device)
+            # Zeros where no block writes: keys a causal query cannot see have probability 0.
+            self.targets.append((pooled, block))
+
+    def add(self, start: int, probs: torch.Tensor) -> None:
+        """Pool ``probs`` [heads, rows, visible keys], the rows from query ``start`` on."""
+        rows = probs.shape[-2]
+        for pooled, block in self.targets:
+            if pooled is None:
+                continue
+            if block == 1:
+                pooled[:, start : start + rows, : probs.shape[-1]] = probs
+                continue
+            keys = codecs.block_max(probs, block, -1)
+            # The rows of one pooled cell may come in two blocks: keep a running maximum.
+            lead = min(rows, (-start) % block)  # rows finishing a cell an earlier block began
+            if lead:
+                cell = pooled[:, start // block, : keys.shape[-1]]
+                torch.maximum(cell, keys[:, :lead].amax(1), out=cell)
+            if lead < rows:
+                first = (start + lead) // block
+                both = codecs.block_max(keys[:, lead:], block, -2)
+                cells = pooled[:, first : first + both.shape[1], : keys.shape[-1]]
+                torch.maximum(cells, both, out=cells)
+
+    def maps(self) -> LayerMaps:
+        (thumb, t_block), (full, f_block) = self.targets
+        tq, ts = codecs.quantize(thumb)
+        fq = fs = None
+        if full is not None:  # the thumbnails' maxima are the full maps' too; ours to overwrite
+            fq, fs = codecs.quantize(full, scale=ts, in_place=True)
+            if self.buffer is None:
+                self.buffer = full.view(-1)
+        return LayerMaps(tq, ts, t_block, fq, fs, f_block)
+
+
 class AttentionMaps:
     """All layers' maps for one trace; ``reduce`` is what the trace's capture calls for each layer."""
 
@@ -60,8 +116,24 @@ class AttentionMaps:
         self.focus_layer = 0
         self.layers: dict[int, LayerMaps] = dict(layers or {})
 
-    def reduce(self, layer: int, weights: torch.Tensor) -> LayerMaps:
+    def reduce(self, layer: int, weights) -> LayerMaps:
+        """The layer's maps from its weights [batch, heads, q, k], or from the pooler `blocks` made."""
+        if isinstance(weights, MapPooler):
+            maps = weights.maps()
+            self._buffer = weights.buffer  # free again for the next layer
+            return maps
         return reduce_layer(weights, self.keep_all or layer == self.focus_layer, layer)
+
+    def forward_done(self) -> None:
+        """Drop the buffer the layers of one forward shared (up to 37 MB for SmolLM2)."""
+        self._buffer = None
+
+    def blocks(self, layer: int, heads: int, q_len: int, k_len: int, device) -> MapPooler:
+        """For `capture.Request.blocks`: the pooler of one layer's maps."""
+        buffer, self._buffer = getattr(self, "_buffer", None), None  # one pooler at a time uses it
+        if buffer is not None and buffer.device != torch.device(device):
+            buffer = None
+        return MapPooler(heads, q_len, k_len, device, self.keep_all or layer == self.focus_layer, buffer)
 
     def inherit(self, start: int, trace: Trace) -> AttentionMaps:
         """The maps of a trace edited from layer ``start`` on: layers before it are shared."""

@@ -30,6 +30,7 @@ as its tensor exists, so e.g. per-head summaries of every layer cost a few numbe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -60,12 +61,18 @@ class Request:
         the output computed from those weights instead (eager's math; about half the cost at long
         inputs, outputs differ from sdpa's in the last bits as eager's do). Without effect under
         autograd, where the model's own function always runs.
+    blocks: attention only, for long inputs. ``blocks(layer, heads, q_len, k_len, device)`` makes a block
+        reducer: instead of one ``[batch, heads, q, k]`` tensor, the probabilities of each block of query
+        rows go to its ``add(start, probs)`` (``probs`` ``[heads, rows, visible keys]``, batch 0, later
+        keys are zero) while they are computed, and ``reduce`` then receives the reducer, so the n x n
+        map never exists. Used by the Trace, whose maps are pooled anyway.
     """
 
     layers: Sequence[int] | None = None
     reduce: Reduce | None = None
     dtype: torch.dtype | None = None
     exact: bool = True
+    blocks: Callable[..., Any] | None = None
 
 
 def _as_request(value) -> Request | None:
@@ -278,7 +285,7 @@ class capture:
         a, hook = self.adapter, self._handles.append
         if self.requests["attention"] is not None:
             request, layers = self.requests["attention"]
-            listeners = {a.attention(i): self._store("attention", i, request, cast=False) for i in layers}
+            listeners = {a.attention(i): self._attention_listener(i, request) for i in layers}
             self._listening = _attention_hook.listening(self.model, listeners, request.dtype or torch.float32, request.exact)
             self._listening.__enter__()
         if self.requests["heads"] is not None:
@@ -324,6 +331,12 @@ class capture:
                 listening.__exit__(None, None, None)
 
     # --- the hooks ------------------------------------------------------------------------
+    def _attention_listener(self, layer: int, request: Request) -> Callable[[Any], None]:
+        listener = self._store("attention", layer, request, cast=False)
+        if request.blocks is not None:  # _attention_hook looks for it (see `Request.blocks`)
+            listener.blocks = functools.partial(request.blocks, layer)
+        return listener
+
     def _store(self, kind: str, layer: int, request: Request, cast: bool = True) -> Callable[[Any], None]:
         store, reduce = getattr(self.record, kind), _reducer(request, cast)
         return lambda value: store.__setitem__(layer, reduce(layer, value))

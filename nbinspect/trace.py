@@ -372,7 +372,9 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
         # for the maps (eager's math) instead of running sdpa as well: the scores are computed once, not
         # twice. Outputs then equal eager attention's, within float32 rounding of sdpa's. Under autograd
         # the model's own attention runs (see `Request.exact`).
-        attention=Request(layers=layers, reduce=reduce_attention, exact=False) if layers and has["attention"] else None,
+        # Maps pooled block by block as the scores are computed: no layer's n x n probabilities are kept.
+        attention=Request(layers=layers, reduce=reduce_attention, exact=False, blocks=maps.blocks)
+        if layers and has["attention"] else None,
         heads=layers if has["attention_output"] else None,
         residual=layers,
         attention_out=layers if has["attention_output"] else None,
@@ -412,6 +414,7 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
         if start < n:  # layers ran: their outputs were recorded; else the last layer's output is the parent's
             t._tuple_blocks = shapes[-1] if shapes else False
         _merge(t, record, layers)
+        maps.forward_done()
         t.record.logits = _logits(output)
         _check_finite(t, output)
         if t.target.predicted:

@@ -319,3 +319,22 @@ def test_causal_attention_weights_in_short_blocks_equal_softmax():
     expected = scores.softmax(-1)
     torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out, (expected @ v.repeat_interleave(2, 1)).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, rows", [(5, 64), (300, 64), (300, 37), (2100, 64), (2100, 1000)])
+def test_maps_pooled_block_by_block_equal_maps_of_the_whole_pattern(n, rows):
+    # The trace pools each block of query rows as it is computed; a pooled cell's rows may span two
+    # blocks. The result must be the very bytes the whole pattern would give.
+    from nbinspect.attention_maps import MapPooler, reduce_layer
+
+    w = torch.rand(1, 3, n, n, generator=torch.Generator().manual_seed(n)).tril()
+    w = w / w.sum(-1, keepdim=True)
+    expected = reduce_layer(w.clone(), keep_full=True)
+    pooler = MapPooler(3, n, n, "cpu", keep_full=True)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        pooler.add(start, w[0, :, start:stop, :stop])  # causal: only the keys these rows can see
+    got = pooler.maps()
+    assert (got.thumbnail_block, got.full_block) == (expected.thumbnail_block, expected.full_block)
+    for name in ("thumbnails", "thumbnail_scales", "full", "full_scales"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
