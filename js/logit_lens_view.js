@@ -260,7 +260,10 @@ async function render({ model, el: host }) {
     const p = clicked ? clicked[1] : get("token") >= 0 ? get("token") : get("position");
     list.replaceChildren();
     cellCaption.textContent = "";
-    if (l < 0 || p < start || p >= start + n) return; // not in the window (yet): Python is sending it
+    if (l < 0 || p < start || p >= start + n) {
+      cellCaption.textContent = "click a cell to list its top-5"; // the selected one is outside the window
+      return;
+    }
     const i = l * n + (p - start);
     const d = data();
     const vocab = get("vocab");

@@ -390,7 +390,8 @@ lens = nbinspect.logit_lens(t, selection=sel)
 dla = nbinspect.logit_attribution(t, selection=sel)
 traitlets.link((lens, 'target_token'), (dla, 'target_token'))
 bw = nbinspect.block_writes(t, selection=sel)
-display(lens, dla, bw)
+att = nbinspect.attention(t, selection=sel)
+display(lens, dla, bw, att)
 """
 
 
@@ -432,6 +433,21 @@ def test_views_in_jupyterlab_click_a_head_and_pick_a_target(artifacts):
         assert page.locator(".nbi-lens b, .nbi-dla b, .nbi-bw b").count() == 0
         assert "onmouseover" in page.locator(".nbi-lens .nbi-side").text_content()
         assert page.evaluate("() => window.__pwned") is None
+        # Page the lens back (it shows a window of positions): Python decodes those columns, the grid draws them.
+        start = int(kernel(page, "print(lens.shown_start)").strip())
+        assert start > 0 and kernel(page, "print(lens.decoded_positions())").strip() == str(list(range(start, 11)))
+        page.locator(".nbi-lens .nbi-pager button").first.click()
+        page.wait_for_timeout(800)
+        moved = int(kernel(page, "print(lens.shown_start)").strip())
+        assert moved == max(0, start - codecs.LENS_WINDOW)
+        page.wait_for_function("(s) => document.querySelector('.nbi-lens canvas.nbi-grid').dataset.start === String(s)",
+                               arg=moved, timeout=10_000)
+        page.locator(".nbi-lens").screenshot(path=str(artifacts / "logit_lens_window.png"))
+        # The attention grid's head-type switch: Python measures the types once and the badges are drawn.
+        page.locator(".nbi-attn input[type=checkbox]").click()
+        page.wait_for_function("() => document.querySelector('.nbi-attn canvas.nbi-grid').dataset.badges !== ''", timeout=30_000)
+        assert kernel(page, "print(att.show_head_types, len(att.head_types))").split() == ["True", "12"]
+        assert page.locator(".nbi-attn b").count() == 0
         page.screenshot(path=str(artifacts / "residual_stream_views.png"), full_page=True)
         assert not errors, errors
         page.close()
