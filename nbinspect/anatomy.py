@@ -288,6 +288,9 @@ _CPU_BLOCK = 1 << 18
 #: tensors of one size are binned together so that the cost is a few dozen kernel launches per size, not
 #: per tensor (SmolLM2's 272 tensors have 6 sizes). A single larger tensor is handled alone, in blocks.
 _DEVICE_BATCH = 1 << 26
+#: Elements per block of such a larger tensor: ``histc`` counts in float32 on an accelerator, which stops
+#: counting at 2²⁴; a block of at most 2²⁴ values keeps every count exact (blocks are summed in float64).
+_DEVICE_BLOCK = 1 << 24
 
 #: Tests set this to run the accelerator's stacked path on the CPU.
 _STACK_ON_CPU = False
@@ -351,7 +354,7 @@ def _bin(c: torch.Tensor, bins: int, lo: float, hi: float, scratch: _Scratch | N
 def _fold(raw: list[torch.Tensor], bins: int) -> torch.Tensor:
     """float32 [bins] from blocks' raw counts: the maximum's own index folded into the last bin (once per
     tensor: cheaper than clamping every value)."""
-    total = torch.stack(raw).sum(0).float()
+    total = torch.stack(raw).double().sum(0)
     total[bins - 1] += total[bins]
     return total[:bins]
 
@@ -393,7 +396,7 @@ def _blocked(x: torch.Tensor, bins: int, histograms: bool, step: int,
     nz = torch.stack(near).double().sum().reshape(1) if near else s.new_full((1,), float(n))
     hist = None
     if histograms:
-        hist = _fold(raw, bins) if raw else torch.zeros(bins, device=x.device)
+        hist = _fold(raw, bins) if raw else torch.zeros(bins, dtype=torch.float64, device=x.device)
     return torch.cat([s.new_tensor([mean]), s, nz, s.new_tensor([mn, mx])]), hist
 
 
@@ -425,9 +428,9 @@ def _stacked(xs: list[torch.Tensor], bins: int, histograms: bool) -> tuple[torch
     idx = idx.to(torch.int64).clamp_(0, bins - 1)
     idx += torch.arange(R, device=X.device)[:, None] * bins
     inside = (X >= lo[:, None]) & (X <= hi[:, None]) & finite[:, None]  # a row with a NaN or inf: no bins
-    counts = torch.zeros(R * bins, dtype=torch.float32, device=X.device)
-    counts.index_add_(0, idx.reshape(-1), inside.reshape(-1).float())
-    return rows, counts.view(R, bins)
+    counts = torch.zeros(R * bins, dtype=torch.int32, device=X.device)  # float32 would stop counting at 2²⁴
+    counts.index_add_(0, idx.reshape(-1), inside.reshape(-1).int())
+    return rows, counts.view(R, bins).double()
 
 
 def _summaries(tensors: list[torch.Tensor], bins: int, histograms: bool = True) -> list[tuple[Moments, Histogram | None]]:
@@ -457,7 +460,7 @@ def _summaries(tensors: list[torch.Tensor], bins: int, histograms: bool = True) 
         if x.device.type == "cpu" and not _STACK_ON_CPU:
             rows[i], counts[i] = blocked(x, _CPU_BLOCK)
         elif n > _DEVICE_BATCH:
-            rows[i], counts[i] = blocked(x, _DEVICE_BATCH)
+            rows[i], counts[i] = blocked(x, _DEVICE_BLOCK)
         else:
             groups.setdefault((x.device, n), []).append(i)
     for (_, n), idx in groups.items():
@@ -524,10 +527,10 @@ def binned(tensors: Iterable[torch.Tensor], bins: int, lo: float, hi: float, mom
     scratch: dict[torch.device, _Scratch] = {}
     for t in tensors:
         x = t.detach().reshape(-1)
-        acc = per_device.setdefault(x.device, torch.zeros(bins, dtype=torch.float32, device=x.device))
+        acc = per_device.setdefault(x.device, torch.zeros(bins, dtype=torch.float64, device=x.device))
         if not finite or not x.numel():
             continue
-        step = _CPU_BLOCK if x.device.type == "cpu" else _DEVICE_BATCH
+        step = _CPU_BLOCK if x.device.type == "cpu" else _DEVICE_BLOCK
         if inside_only:
             for c in _blocks(x, step):
                 acc += torch.histc(c, bins=bins, min=lo, max=hi)
@@ -536,7 +539,7 @@ def binned(tensors: Iterable[torch.Tensor], bins: int, lo: float, hi: float, mom
         if x.device.type == "cpu" and (buf is None or len(buf.u) < min(step, x.numel())):
             buf = scratch[x.device] = _Scratch(min(step, x.numel()), x.device)
         acc += _fold([_bin(c, bins, lo, hi, buf) for c in _blocks(x, step)], bins)
-    total = sum((acc.cpu() for acc in per_device.values()), torch.zeros(bins))
+    total = sum((acc.cpu() for acc in per_device.values()), torch.zeros(bins, dtype=torch.float64)).float()
     return Histogram(total, lo, hi, moments)
 
 
