@@ -48,7 +48,8 @@ def main() -> None:
             gen = start_generation(model, tokenizer, PROMPT, n, background=False, **fixed)
             assert len(gen.steps) == n and gen.error is None, gen.error
 
-        plain()  # warm-up
+        plain()  # warm-up, both ways (first-call costs out of the timed runs)
+        captured()
         runs = {"plain": [], "captured": []}
         for _ in range(ROUNDS):
             runs["plain"].append(timed(plain))
