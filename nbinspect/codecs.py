@@ -174,10 +174,10 @@ LENS_BLOCK_MAX_BYTES = 2 * 2**20
 LENS_TOP_K = 5
 #: Token positions (columns) the logit-lens view decodes and shows at once; the rest are decoded when the
 #: user pages to them or selects a token there. Each column is L·d·V multiply-adds, 6.3/n of a forward
-#: over n tokens on SmolLM2, and the reductions add ~35% on a CPU: 3 columns are 3 × 6.3 / 128 = 0.15 of
-#: a forward at 128 tokens in multiply-adds, 0.20-0.27 measured (one thread, shared 2-core CPU), within
-#: the 0.3 goal with attribution's ~0.02; 4 measured 0.25-0.31, 6 ~0.4. Columns of ≤ 150 px show each
-#: cell's top token as text.
+#: over n tokens on SmolLM2, and the reductions add 35-60% on a CPU: 3 columns are 3 × 6.3 / 128 = 0.15
+#: of a forward at 128 tokens in multiply-adds; the lens and attribution views measured 0.20-0.33 × a
+#: forward (one thread, loaded shared 2-core CPU; 0.08 at 512 tokens), 4 columns 0.25-0.36, 6 ~0.4.
+#: Columns of ≤ 150 px show each cell's top token as text.
 LENS_WINDOW = 3
 
 
