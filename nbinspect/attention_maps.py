@@ -1,9 +1,11 @@
 """Attention maps of one Trace, reduced and quantized on the model's device, ready to encode on demand.
 
-For every layer we keep the thumbnails of all heads (block-max pooled to ``THUMBNAIL_CELLS``) and, while
-the budget ``PATTERN_CACHE_MAX_BYTES`` allows, every head's full map as uint8. Past the budget only one
-layer's full maps are kept at a time; another layer's come from :meth:`~nbinspect.Trace.replay`, which
-reruns that one block. Nothing crosses to the host until a view asks for bytes.
+For every layer the forward keeps the thumbnails of all heads (block-max pooled to ``THUMBNAIL_CELLS``),
+and the full maps (uint8, pooled to ``FOCUS_MAX_CELLS``) of the focused layer only: what the first paint
+shows. Pooling a layer's full maps costs as much as its attention arithmetic on a CPU, so another layer's
+come when a view asks, from :meth:`~nbinspect.Trace.replay` of that one block (1/L of a forward), and are
+kept while the budget ``PATTERN_CACHE_MAX_BYTES`` allows; past it, one layer's at a time. Nothing crosses
+to the host until a view asks for bytes.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class AttentionMaps:
             maps = weights.maps()
             self._buffer = weights.buffer  # free again for the next layer
             return maps
-        return reduce_layer(weights, self.keep_all or layer == self.focus_layer, layer)
+        return reduce_layer(weights, layer == self.focus_layer, layer)
 
     def forward_done(self) -> None:
         """Drop the buffer the layers of one forward shared (up to 37 MB for SmolLM2)."""
@@ -133,7 +135,7 @@ class AttentionMaps:
         buffer, self._buffer = getattr(self, "_buffer", None), None  # one pooler at a time uses it
         if buffer is not None and buffer.device != torch.device(device):
             buffer = None
-        return MapPooler(heads, q_len, k_len, device, self.keep_all or layer == self.focus_layer, buffer)
+        return MapPooler(heads, q_len, k_len, device, layer == self.focus_layer, buffer)
 
     def inherit(self, start: int, trace: Trace) -> AttentionMaps:
         """The maps of a trace edited from layer ``start`` on: layers before it are shared."""
@@ -148,7 +150,7 @@ class AttentionMaps:
             if not self.keep_all:  # one layer's full maps at a time past the budget
                 for other in self.layers.values():
                     other.full = other.full_scales = None
-            self.focus_layer = layer
+            self.focus_layer = layer  # an edit re-runs it with its full maps, as the view shows them
             request = Request(layers=[layer], reduce=lambda i, w: reduce_layer(w, True, i))
             self.layers[layer] = maps = self.trace.replay([layer], requests={"attention": request}).attention[layer]
         return maps

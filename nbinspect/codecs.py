@@ -25,9 +25,9 @@ THUMBNAIL_CELLS = 32
 #: side; longer texts are block-max downsampled to this side. 1024² = 1 MiB, about the pixels
 #: of the heatmap on a large screen.
 FOCUS_MAX_CELLS = 1024
-#: Quantized attention maps of all layers are kept on the model's device (for instant refocusing)
-#: while they fit in this budget; past it only the focused layer is kept and others are recomputed
-#: on demand. SmolLM2 at 1024 tokens needs 283 MiB.
+#: Full quantized attention maps of the layers a view has focused are kept on the model's device (so
+#: refocusing a layer seen before is instant) while they fit in this budget; past it only the focused
+#: layer's are kept and others are recomputed on demand. SmolLM2 at 1024 tokens, all layers: 283 MiB.
 PATTERN_CACHE_MAX_BYTES = 512 * 2**20
 #: Token strings sent to label axes are cut to this many characters (a token is rarely longer;
 #: a hostile one could be megabytes).

@@ -3,8 +3,8 @@
 ``t = nbinspect.trace(model, tokenizer, "The capital of France is")`` runs the model once with hooks that
 keep, for every layer, the residual stream before and after the block, each head's output (the output
 projection's input), the attention and MLP outputs, the MLP neuron activations and MoE routing, and the
-attention patterns reduced for display (thumbnails of every head; full maps while they fit the budget in
-:mod:`nbinspect.codecs`). One backward of the *target* (see :mod:`nbinspect.targets`) then gives the
+attention patterns reduced for display (thumbnails of every head; the focused layer's full maps, other
+layers' on demand, see :mod:`nbinspect.attention_maps`). One backward of the *target* (see :mod:`nbinspect.targets`) then gives the
 gradient norm of every parameter and the gradient at the input embeddings. Views read all of this; none
 of them runs the model.
 
