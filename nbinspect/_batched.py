@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from . import codecs
 from .adapters import Adapter
 from .perturb import model_lock
 
@@ -174,6 +175,36 @@ class KeptRun:
         with torch.no_grad():
             h = norm(hidden) if norm is not None else hidden
             return head(h.to(head.weight.device))
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite, in one sum when they are (NaN and inf carry through a sum;
+    the full check runs only when the sum is not finite, in case finite values overflowed it)."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def check_finite(run: KeptRun, logits: torch.Tensor | None = None) -> None:
+    """Raise ``ValueError`` naming the first layer whose output in ``run`` is NaN or infinite (as a
+    :class:`~nbinspect.Trace` does), or the output head when ``logits`` are not finite.
+
+    Costs one sum of the last layer's output (and of ``logits``) when all is well; the layers are looked
+    at one by one only on the error path."""
+    last = run.resid[-1]
+    if not all_finite(last):
+        codecs.check_finite(run.resid[0], "the input embeddings")
+        for i in range(1, len(run.resid)):
+            codecs.check_finite(run.resid[i], f"the output of layer {i - 1}")
+    if logits is not None and not all_finite(logits):
+        codecs.check_finite(logits, "the output head's logits")
+
+
+def raise_not_finite(adapter: Adapter, inputs: dict, values: torch.Tensor, what: str) -> None:
+    """``values`` (computed from ``inputs``) are not finite: raise ``ValueError`` naming the first layer whose
+    output is NaN or infinite, found by one more forward of ``inputs`` (only on this error path, under
+    whatever edits are applied now); else naming ``what``. Call it with the model's lock held."""
+    check_finite(KeptRun(adapter, inputs))
+    codecs.check_finite(values, what)
+    raise ValueError(f"{what} contains NaN or infinite values.")  # values were finite: the caller's mistake
 
 
 def widen(value: torch.Tensor, rows: int) -> torch.Tensor:

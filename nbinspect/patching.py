@@ -45,6 +45,7 @@ from ._batched import (
     _first,
     _replace_first,
     cancelled,
+    check_finite,
     locked,
     mlp_output_module,
     progress_bar,
@@ -215,6 +216,9 @@ def patch(
         last = n_layers
         clean_logits = clean_run.logits(clean_run.resid[last], position)[0].float()
         bad_logits = bad.logits(bad.resid[last], position)[0].float()
+        # NaN weights would give NaN shares with no word why: name the first layer that is not finite.
+        check_finite(clean_run, clean_logits)
+        check_finite(bad, bad_logits)
         target_id = int(clean_logits.argmax()) if target is None else resolve_token(tokenizer, target, "target")
         if foil is None:
             top = int(bad_logits.argmax())

@@ -34,12 +34,14 @@ How it runs (requirements):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
-from ._batched import KeptRun, cancelled, locked, progress_bar, resolve_token, widen
+from . import codecs
+from ._batched import KeptRun, cancelled, check_finite, locked, progress_bar, resolve_token, widen
 from .adapters import Adapter, ModelParts
 from .inputs import encode, token_strings
 
@@ -165,6 +167,7 @@ def head_sweep(
         target_id = foil_id = None
         if metric == "logit":
             base_logits = run.logits(run.resid[n_layers], position)[0]
+            check_finite(run, base_logits)  # NaN weights: name the first layer that is not finite
             target_id = int(base_logits.argmax()) if target is None else resolve_token(tokenizer, target, "target")
             foil_id = None if foil is None else resolve_token(tokenizer, foil, "foil")
             vocab = base_logits.shape[-1]
@@ -182,6 +185,9 @@ def head_sweep(
             return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(-1)
 
         base_value = float(measure(run.resid[n_layers]))
+        if metric == "loss" and not math.isfinite(base_value):
+            check_finite(run)
+            codecs.check_finite(torch.tensor(base_value), "the unablated loss")
         size = _head_size(adapter, run.z[0].shape[-1])
         means = _means(adapter, tokenizer, run, reference, size) if ablation == "mean" else None
 

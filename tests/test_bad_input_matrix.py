@@ -447,8 +447,7 @@ MATRIX.update(
                                Case(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, target=500, progress=False), ValueError, "target token id 500")],
         "non-integer index": [Case(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, layers=[1.5], progress=False), IndexError, "layer 1.5")],
         "NaN/inf number": [Case(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, batch_size=NAN, progress=False), ValueError, "batch_size")],
-        "NaN weights": [Case(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, progress=False), ValueError, "NaN or infinite", "nan",
-                             xfail=NAN_RESULT.format("patching.py"))],
+        "NaN weights": [Case(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, progress=False), ValueError, NAN_LAYER, "nan")],
         **model_rows(lambda m, t: nbinspect.patch(m, t, TEXT, CORRUPT, progress=False)),
     },
     head_sweep={
@@ -459,8 +458,7 @@ MATRIX.update(
         "out-of-range index": [Case(lambda m, t: nbinspect.head_sweep(m, t, TEXT, layers=[7], progress=False), IndexError, "layer 7")],
         "non-integer index": [Case(lambda m, t: nbinspect.head_sweep(m, t, TEXT, layers=[0.5], progress=False), IndexError, "layer 0.5")],
         "NaN/inf number": [Case(lambda m, t: nbinspect.head_sweep(m, t, TEXT, batch_size=INF, progress=False), ValueError, "batch_size")],
-        "NaN weights": [Case(lambda m, t: nbinspect.head_sweep(m, t, TEXT, progress=False), ValueError, "NaN or infinite", "nan",
-                             xfail=NAN_RESULT.format("sweep.py"))],
+        "NaN weights": [Case(lambda m, t: nbinspect.head_sweep(m, t, TEXT, progress=False), ValueError, NAN_LAYER, "nan")],
         **model_rows(lambda m, t: nbinspect.head_sweep(m, t, TEXT, progress=False)),
     },
     steer_preview={
