@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._batched import _first, _replace_first, locked
+from ._batched import _first, _replace_first, all_finite, locked, raise_not_finite
 from .adapters import Adapter, ModelParts
 from .capture import Request, capture
 from .inputs import encode
@@ -138,20 +138,34 @@ def steering_vector(
     adapter = Adapter.of(model, parts)
     layer = adapter.check_layer(layer)
 
-    def mean_of(texts, name) -> torch.Tensor:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
+    def prompts(texts, name) -> list[str]:
+        if isinstance(texts, str):
+            return [texts]
+        try:
+            out = list(texts)
+        except TypeError:
+            out = None
+        if out is None or not all(isinstance(t, str) for t in out):
+            raise TypeError(f"{name} must be a prompt (a str) or a list of prompts, got {type(texts).__name__} {texts!r}.")
+        if not out:
             raise ValueError(f"{name} is empty: give at least one prompt.")
+        return out
+
+    def mean_of(texts: list[str]) -> torch.Tensor:
         rows = []
         for text in texts:
             inputs = encode(tokenizer, text, adapter)
-            with locked(model), torch.no_grad(), capture(model, residual=Request(layers=[layer]), logits=False, parts=parts) as rec:
-                model(**inputs)
-            after = rec.residual[layer].after[0].float()  # [n, d]
+            with locked(model), torch.no_grad():
+                with capture(model, residual=Request(layers=[layer]), logits=False, parts=parts) as rec:
+                    model(**inputs)
+                after = rec.residual[layer].after[0].float()  # [n, d]
+                if not all_finite(after):  # NaN weights: name the first layer whose output is not finite
+                    raise_not_finite(adapter, inputs, after, f"the residual stream after layer {layer}")
             rows.append(after[-1] if position == "last" else after.mean(0))
         return torch.stack(rows).mean(0)
 
-    return mean_of(positive, "positive") - mean_of(negative, "negative")
+    positive, negative = prompts(positive, "positive"), prompts(negative, "negative")
+    return mean_of(positive) - mean_of(negative)
 
 
 @dataclass
@@ -189,8 +203,9 @@ class SteerPreview:
         p.text(str(self))
 
 
-def _greedy(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, list[int]]:
-    """The first step's logits ``[vocab]`` and ``new_tokens`` greedily chosen ids (KV cache)."""
+def _greedy(model, input_ids: torch.Tensor, new_tokens: int, check=None) -> tuple[torch.Tensor, list[int]]:
+    """The first step's logits ``[vocab]`` and ``new_tokens`` greedily chosen ids (KV cache); ``check(logits)``
+    is called on the first step's logits before any new token is generated."""
     # transformers 5 renamed past_key_values to cache; older versions know only the first.
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -201,6 +216,8 @@ def _greedy(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tens
     with torch.no_grad():
         out = model(input_ids=input_ids, use_cache=True)
         first = out.logits[0, -1].float()
+        if check is not None:
+            check(first)
         ids, past, logits = [], cache_of(out), first
         for _ in range(new_tokens):
             nxt = int(logits.argmax())
@@ -226,11 +243,20 @@ def steer_preview(
         raise ValueError(f"this {adapter.family!r} model has no next-token head, so there is nothing to preview.")
     if not isinstance(k, int) or k < 1 or not isinstance(new_tokens, int) or new_tokens < 0:
         raise ValueError(f"k must be ≥ 1 and new_tokens ≥ 0, got k={k!r}, new_tokens={new_tokens!r}.")
-    ids = encode(tokenizer, text, adapter)["input_ids"]
+    inputs = encode(tokenizer, text, adapter)
+    ids = inputs["input_ids"]
+
+    def finite(what):
+        # One sum of the [vocab] logits; on NaN (weights, or an edit that overflows) name the first broken layer.
+        def check(logits):
+            if not all_finite(logits):
+                raise_not_finite(adapter, inputs, logits, what)
+        return check
+
     with locked(model):
-        before, cont_before = _greedy(model, ids, new_tokens)
+        before, cont_before = _greedy(model, ids, new_tokens, finite("the model's next-token logits"))
         with perturb(model, *edits, parts=parts):
-            after, cont_after = _greedy(model, ids, new_tokens)
+            after, cont_after = _greedy(model, ids, new_tokens, finite("the next-token logits under the edits"))
     lb, la = before.log_softmax(-1), after.log_softmax(-1)
     kl = float((lb.exp() * (lb - la)).sum().clamp_min(0))
 
