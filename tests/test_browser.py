@@ -161,6 +161,11 @@ def test_a_slider_edit_repaints_every_view_with_the_edited_numbers(quickstart, a
     edited model; reset paints the first pixels again."""
     page = quickstart
     assert sorted(py(page, "print(sorted(dash.views))")[1:-1].replace("'", "").split(", ")) == sorted(DASH_VIEWS)
+    # The slider in view and the mouse parked on the menu bar first: a scroll under a resting mouse hovers
+    # whatever comes under it, and a hovered token moves every view.
+    slider = page.locator(".nbi-pred input[name=head_factor] >> nth=0")
+    slider.scroll_into_view_if_needed()
+    page.mouse.move(5, 5)
     # Head 0 of layer 0: everything downstream changes, and the neuron view shows layer 0's MLP, after it.
     py(page, "dash.selection.layer, dash.selection.head = 0, 0")
     js_wait(page, f"{DASH_ATT}.dataset.painted === '0,0' && {NEURONS}.dataset.painted === '0'", 30_000)
@@ -168,9 +173,8 @@ def test_a_slider_edit_repaints_every_view_with_the_edited_numbers(quickstart, a
     page.wait_for_timeout(500)  # the chart's band follows the layer: let vega finish before the fingerprint
     classes = list(DASH_VIEWS.values())
     before = page.evaluate(FINGERPRINTS, classes)
+    selected = py(page, "print(dash.selection.layer, dash.selection.head, dash.selection.token, dash.selection.neuron)")
 
-    slider = page.locator(".nbi-pred input[name=head_factor] >> nth=0")
-    slider.scroll_into_view_if_needed()
     slider.evaluate("(s) => { s.value = '0'; s.dispatchEvent(new Event('input', { bubbles: true })); s.dispatchEvent(new Event('change', { bubbles: true })); }")
     assert py(page, "dash.perturb.wait(); print(dash.perturb.head_factor, [type(e).__name__ for e in dash.perturb.latest.edits])") == "0.0 ['ScaleHead']"
     page.wait_for_function(
@@ -195,10 +199,14 @@ def test_a_slider_edit_repaints_every_view_with_the_edited_numbers(quickstart, a
 
     # Reset: the model is exact again and every view paints what it painted before the edit.
     py(page, "dash.perturb.reset(); dash.perturb.wait()")
-    page.wait_for_function(
-        "([classes, before]) => { const f = (" + FINGERPRINTS + ")(classes); return classes.every((c) => f[c] === before[c]); }",
-        arg=[classes, before], timeout=60_000,
-    )
+    for _ in range(120):
+        after = page.evaluate(FINGERPRINTS, classes)
+        if after == before:
+            break
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts / "dashboard_after_reset.png"), full_page=True)
+    assert py(page, "print(dash.selection.layer, dash.selection.head, dash.selection.token, dash.selection.neuron)") == selected
+    assert after == before, f"after reset these views do not paint what they painted first: {[c for c in classes if after[c] != before[c]]}"
     assert not page.errors, page.errors
 
 
