@@ -636,6 +636,7 @@ def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=
     (after the tokenizer's BOS token, when it has one), keeping only the four scores per head (see
     :func:`head_type_scores`). A Trace may be passed instead of ``model``; its model and tokenizer are used.
     """
+    from ._batched import all_finite, raise_not_finite
     from .capture import Request, capture
     from .inputs import vocab_size
 
@@ -651,15 +652,20 @@ def head_types(model, tokenizer=None, *, period: int = 24, seed: int = 0, parts=
     limit = adapter.max_positions
     if not isinstance(period, int) or period < 2 or (limit and 2 * period + 1 > limit):
         raise ValueError(f"period {period!r} is out of range: use 2..{(limit - 1) // 2 if limit else 'any'} tokens.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int (it picks the random tokens), got {type(seed).__name__} {seed!r}.")
     ids, start = repeated_tokens(tokenizer, vocab, period, seed)
     ids = ids[None].to(adapter.device_of(0))
     reduce = lambda layer, p: head_type_scores(p[0], period, start)  # noqa: E731
     from .perturb import perturb
 
-    with model_lock(model), torch.no_grad(), perturb(model, *edits, parts=parts) if edits else nullcontext(), \
-            capture(model, attention=Request(reduce=reduce), logits=False, parts=parts) as rec:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    stacked = torch.stack([rec.attention[l].cpu() for l in range(adapter.n_layers)], dim=1)  # [4, L, H]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with model_lock(model), torch.no_grad(), perturb(model, *edits, parts=parts) if edits else nullcontext():
+        with capture(model, attention=Request(reduce=reduce), logits=False, parts=parts) as rec:
+            model(**inputs)
+        stacked = torch.stack([rec.attention[l].cpu() for l in range(adapter.n_layers)], dim=1)  # [4, L, H]
+        if not all_finite(stacked):  # NaN weights: name the first layer whose output is not finite
+            raise_not_finite(adapter, inputs, stacked, "the head-type scores")
     return HeadTypes({k: stacked[i] for i, k in enumerate(HEAD_TYPES)}, period, ids[0].cpu())
 
 
