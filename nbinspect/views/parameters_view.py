@@ -14,6 +14,8 @@ clicking a layer on the std chart sets the shared selection's layer and the scop
 
 from __future__ import annotations
 
+import math
+
 import torch
 import traitlets
 from torch import nn
@@ -81,6 +83,10 @@ class ParametersView(LinkedView):
             inv = anatomy.parameter_stats(model, parts, histograms=False)
         elif not inv.stats:
             inv.compute(histograms=False)
+        # A NaN or inf weight has no histogram (every statistic is NaN): say which tensor, as the other views do.
+        for piece, m in zip(inv.pieces, inv.stats):
+            if piece.tied_to is None and not (math.isfinite(m.lo) and math.isfinite(m.hi)):
+                codecs.check_finite(torch.tensor([m.lo, m.hi]), f"the weight {piece.name}")
         self._inv = inv
         self._adapter = inv.adapter
         self._fresh: nn.Module | None = None
