@@ -84,9 +84,14 @@ def load(name: str | None = None, device: str | torch.device | None = None, **kw
     device : where to put the model; ``None`` picks CUDA when available, else CPU.
     **kwargs : passed to ``from_pretrained`` (e.g. ``dtype``, ``device_map``, ``attn_implementation``).
     """
+    if name is not None and not isinstance(name, (str, os.PathLike)):
+        raise TypeError(
+            f"name must be a model name or folder (a str such as 'smollm2', 'minilm', a Hugging Face id or a path), "
+            f"got {type(name).__name__} {name!r}."
+        )
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    key = DEFAULT_MODEL if name is None else str(name)
+    key = DEFAULT_MODEL if name is None else os.fspath(name)
     if key.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
         folder, causal = smollm2_folder(), True
     elif key.lower() in ("minilm", "all-minilm-l6-v2"):

@@ -118,8 +118,7 @@ MATRIX: dict[str, dict[str, list[Case] | str]] = {
         "empty": [Case(lambda m, t: nbinspect.load(""), OSError, "''")],
         "one token": "takes a model name, not text",
         "over-long": [Case(lambda m, t: nbinspect.load("x" * 500), OSError, "x" * 100)],
-        "wrong type": [Case(lambda m, t: nbinspect.load(123), TypeError, "name",
-                             xfail="loading.py (not this file's owner): load(123) asks the Hub for '123'")],
+        "wrong type": [Case(lambda m, t: nbinspect.load(123), TypeError, "name")],
         "out-of-range index": [Case(lambda m, t: nbinspect.load("/no/such/folder"), OSError, "/no/such/folder")],
         "non-integer index": "takes a model name, not indices",
         "NaN/inf number": "takes a model name, not numbers",
@@ -421,8 +420,6 @@ MATRIX.update(
            "non-integer index": [({"target": 2.5}, TypeError, "target")],
            "NaN/inf number": [({"target": NAN}, TypeError, "target")]}),
 )
-MATRIX["attention_mechanics"]["non-integer index"][1].xfail = (
-    "views/attention_mechanics_view.py (its author): query=1.5 raises traitlets' TraitError about 'token', not 'query'")
 ENTRY_POINTS += ["activations", "attention_mechanics", "block_writes", "logit_attribution", "logit_lens"]
 
 CORRUPT = "the dog sat"  # as many tokens as TEXT

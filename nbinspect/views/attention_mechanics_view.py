@@ -165,6 +165,8 @@ def attention_mechanics(model_or_trace, tokenizer=None, text: str | None = None,
 
     ``query``: the query token (default: the last). Raises ``IndexError`` for a layer, head or query out of range.
     """
+    if query is not None and (isinstance(query, bool) or not isinstance(query, int)):
+        raise IndexError(f"query {query!r} is not a token index: give an int (negative counts from the end).")
     trace = as_trace(model_or_trace, tokenizer, text, parts=parts)
     selection = (selection or Selection()).bound_to(n_tokens=trace.n_tokens, n_layers=trace.adapter.n_layers,
                                                     n_heads=trace.adapter.n_heads)
