@@ -28,7 +28,10 @@ Requirements this module is built around:
   counters); otherwise the run starts earlier. The old trace stays valid: views can show before/after.
 * **Outputs are the model's own.** The model's attention function (sdpa, flash...) runs as always; the
   probabilities the maps show are computed beside it, without autograd, in causal blocks that skip
-  the masked half, and pooled block by block as they are computed.
+  the masked half, and pooled block by block as they are computed. Past
+  ``codecs.EXACT_ATTENTION_MAX_TOKENS`` tokens a trace without gradients takes the attention output
+  from those probabilities instead (eager's math, within float32 rounding of sdpa's): the scores are
+  then computed once, not twice.
 * **The model is left as it was**: hooks and stand-ins removed and weights restored on exceptions too,
   attention implementation, training flags, ``requires_grad`` and ``.grad`` as they were.
 """
@@ -369,9 +372,10 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
     requests = dict(
         # The model's own attention function runs (outputs bit-identical to a plain forward); the
         # probabilities are computed beside it and pooled block by block as they are computed: no layer's
-        # n x n probabilities are kept. (``exact=False`` would reuse them for the output and save sdpa's
-        # work, ~6 % of a forward at 512 tokens on a CPU, at the price of eager's last bits.)
-        attention=Request(layers=layers, reduce=reduce_attention, blocks=maps.blocks)
+        # n x n probabilities are kept. Long inputs without gradients reuse them for the output instead
+        # (see codecs.EXACT_ATTENTION_MAX_TOKENS); under autograd `exact` has no effect.
+        attention=Request(layers=layers, reduce=reduce_attention, blocks=maps.blocks,
+                          exact=t.n_tokens <= codecs.EXACT_ATTENTION_MAX_TOKENS)
         if layers and has["attention"] else None,
         heads=layers if has["attention_output"] else None,
         residual=layers,

@@ -230,3 +230,24 @@ def test_head_writes_of_an_edited_trace_are_the_edited_models():
     assert float(t.record.heads[1].writes()[..., 2, :].abs().max()) > 0
     total = writes.sum(-2) + (0 if edited.record.heads[1].bias is None else edited.record.heads[1].bias)
     torch.testing.assert_close(total, edited.record.attention_out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_long_inputs_without_gradients_compute_attention_once(monkeypatch):
+    # Past codecs.EXACT_ATTENTION_MAX_TOKENS the captured probabilities give the attention output too:
+    # within float32 rounding of the model's own forward, not bit-identical; below it, bit-identical.
+    from nbinspect import codecs
+
+    model, tok = tiny("llama"), CharTokenizer()
+    text = "a longer text than the limit"
+    inputs = tok(text)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    exact = nbinspect.trace(model, tok, text, gradients=False)
+    assert torch.equal(exact.record.logits, reference)
+    monkeypatch.setattr(codecs, "EXACT_ATTENTION_MAX_TOKENS", 8)
+    fused = nbinspect.trace(model, tok, text, gradients=False)
+    torch.testing.assert_close(fused.record.logits, reference, rtol=1e-5, atol=1e-5)
+    for i in range(fused.n_layers):
+        assert torch.equal(fused.attention_maps.layers[i].thumbnails, exact.attention_maps.layers[i].thumbnails)
+    with_grad = nbinspect.trace(model, tok, text)  # under autograd the model's own attention runs
+    assert torch.equal(with_grad.record.logits.detach(), reference)
