@@ -9,7 +9,9 @@ Prints, per N in 128, 512 and 2048 tokens:
 Torch runs on NBINSPECT_BENCH_THREADS threads (default 1: on a shared 2-core machine, threads waiting on
 each other made single passes swing by 5x; see bench/capture.py).
 and at 2048 tokens, each in a fresh process:
-  inspect_peak_rss_mb_2048     peak resident memory of a process that loads the model and builds the dashboard
+  inspect_peak_rss_mb_2048     peak resident memory of a process that loads the model and builds the dashboard,
+                               counted from after the load (loading peaks on its own); *_peak_above_loaded_* the
+                               same minus the memory held once the model is loaded
   fwd_bwd_peak_rss_mb_2048     the same for a process that runs the plain forward + backward instead
   forward_peak_rss_mb_2048     the same for one plain forward without gradients
 and per N in 128 and 512 tokens:
@@ -82,6 +84,11 @@ def fwd_bwd(model, inputs) -> None:
 def main():
     import torch
 
+    if os.environ.get("NBINSPECT_BENCH_ONLY") == "peaks":  # the memory figures alone (a fresh process each)
+        _, tokenizer = nbinspect.load()
+        peak_memory(text_of_tokens(tokenizer, 2048))
+        return
+
     torch.set_num_threads(int(os.environ.get("NBINSPECT_BENCH_THREADS", "1")))
     model, tokenizer = nbinspect.load()
     texts = {n: text_of_tokens(tokenizer, n) for n in READY_SIZES}
@@ -118,10 +125,18 @@ def main():
 
 
 PEAK = """
-import json, resource, sys, nbinspect
+import json, sys, nbinspect
 model, tokenizer = nbinspect.load()
 text, what = json.loads(sys.argv[1]), sys.argv[2]
 inputs = tokenizer(text, return_tensors="pt")
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+# Loading the model peaks higher than some of what is measured: reset the peak (VmHWM) after it.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
 if what == "inspect":
     nbinspect.inspect(model, tokenizer, text).perturb.wait()
 elif what == "fwd_bwd":
@@ -131,7 +146,7 @@ else:
     import torch
     with torch.no_grad():
         model(**inputs, use_cache=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(status("VmHWM"), status("VmHWM") - base)
 """
 
 
@@ -141,8 +156,9 @@ def peak_memory(text: str) -> None:
 
     for what, name in (("inspect", "inspect"), ("fwd_bwd", "fwd_bwd"), ("forward", "forward")):
         out = subprocess.run([sys.executable, "-c", PEAK, json.dumps(text), what], capture_output=True, text=True)
-        value = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
-        report(f"{name}_peak_rss_mb_2048", value, "MB")
+        peak, above = map(float, out.stdout.strip().splitlines()[-1].split()) if out.returncode == 0 else (float("nan"),) * 2
+        report(f"{name}_peak_rss_mb_2048", peak, "MB")
+        report(f"{name}_peak_above_loaded_mb_2048", above, "MB")
 
 
 def browser_figures(texts):
