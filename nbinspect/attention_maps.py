@@ -56,22 +56,13 @@ class MapPooler:
     each block of query rows is pooled into the thumbnails (and the full maps) as it comes, so the layer's
     n x n float32 probabilities never exist at once (150 MB a SmolLM2 layer at 2048 tokens)."""
 
-    def __init__(self, heads: int, q_len: int, k_len: int, device, keep_full: bool, buffer: torch.Tensor | None = None):
+    def __init__(self, heads: int, q_len: int, k_len: int, device, keep_full: bool):
         side = max(q_len, k_len)
         self.targets = []
-        self.buffer = None
         for cells, keep in ((codecs.THUMBNAIL_CELLS, True), (codecs.FOCUS_MAX_CELLS, keep_full)):
             block = max(1, math.ceil(side / cells))
-            shape = (heads, math.ceil(q_len / block), math.ceil(k_len / block))
-            pooled = None
-            if keep and cells == codecs.FOCUS_MAX_CELLS and buffer is not None and buffer.numel() >= math.prod(shape):
-                # The previous layer's float32 full maps, already quantized: reused, since a fresh tensor
-                # this size pays a page fault per 4 KB on first touch (most of its cost on the CPU).
-                self.buffer = buffer
-                pooled = buffer[: math.prod(shape)].view(shape).zero_()
-            elif keep:
-                pooled = torch.zeros(shape, device=device)
             # Zeros where no block writes: keys a causal query cannot see have probability 0.
+            pooled = torch.zeros(heads, math.ceil(q_len / block), math.ceil(k_len / block), device=device) if keep else None
             self.targets.append((pooled, block))
 
     def add(self, start: int, probs: torch.Tensor) -> None:
@@ -101,8 +92,6 @@ class MapPooler:
         fq = fs = None
         if full is not None:  # the thumbnails' maxima are the full maps' too; ours to overwrite
             fq, fs = codecs.quantize(full, scale=ts, in_place=True)
-            if self.buffer is None:
-                self.buffer = full.view(-1)
         return LayerMaps(tq, ts, t_block, fq, fs, f_block)
 
 
@@ -121,21 +110,12 @@ class AttentionMaps:
     def reduce(self, layer: int, weights) -> LayerMaps:
         """The layer's maps from its weights [batch, heads, q, k], or from the pooler `blocks` made."""
         if isinstance(weights, MapPooler):
-            maps = weights.maps()
-            self._buffer = weights.buffer  # free again for the next layer
-            return maps
+            return weights.maps()
         return reduce_layer(weights, layer == self.focus_layer, layer)
-
-    def forward_done(self) -> None:
-        """Drop the buffer the layers of one forward shared (up to 37 MB for SmolLM2)."""
-        self._buffer = None
 
     def blocks(self, layer: int, heads: int, q_len: int, k_len: int, device) -> MapPooler:
         """For `capture.Request.blocks`: the pooler of one layer's maps."""
-        buffer, self._buffer = getattr(self, "_buffer", None), None  # one pooler at a time uses it
-        if buffer is not None and buffer.device != torch.device(device):
-            buffer = None
-        return MapPooler(heads, q_len, k_len, device, layer == self.focus_layer, buffer)
+        return MapPooler(heads, q_len, k_len, device, layer == self.focus_layer)
 
     def inherit(self, start: int, trace: Trace) -> AttentionMaps:
         """The maps of a trace edited from layer ``start`` on: layers before it are shared."""

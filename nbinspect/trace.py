@@ -416,7 +416,6 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
         if start < n:  # layers ran: their outputs were recorded; else the last layer's output is the parent's
             t._tuple_blocks = shapes[-1] if shapes else False
         _merge(t, record, layers)
-        maps.forward_done()
         t.record.logits = _logits(output)
         _check_finite(t, output)
         if t.target.predicted:
