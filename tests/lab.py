@@ -154,18 +154,19 @@ def kernel(page, code: str) -> str:
     return page.evaluate(KERNEL_EXEC, code)
 
 
+#: For ``locator.evaluate``: the fraction of a canvas's pixels that are neither transparent nor near-white.
+INK = """(c) => {
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
+  return ink / (d.length / 4);
+}"""
+
+
 def canvas_ink(page, selector: str) -> float:
     """Fraction of a canvas's pixels that are neither transparent nor near-white (it drew something)."""
     return page.evaluate(
-        """(sel) => {
-          const c = document.querySelector(sel);
-          if (!c || !c.width) return 0;
-          const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-          let ink = 0;
-          for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
-          return ink / (d.length / 4);
-        }""",
-        selector,
+        f"(sel) => {{ const c = document.querySelector(sel); return c && c.width ? ({INK})(c) : 0; }}", selector
     )
 
 

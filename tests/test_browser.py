@@ -6,7 +6,7 @@ import json
 import nbformat
 import pytest
 
-from lab import altair_params_error, chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
+from lab import INK, altair_params_error, chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -250,12 +250,6 @@ def test_token_text_is_never_html(lab, browser, artifacts):
     page.close()
 
 
-INK = """(c) => {
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
-  return ink / (d.length / 4);
-}"""
 
 PIXEL_AT = """(c, [x, y]) => {
   const dpr = window.devicePixelRatio || 1;

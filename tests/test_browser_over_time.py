@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lab import chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
+from lab import INK, chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
 
 pytestmark = pytest.mark.browser
 
@@ -32,12 +32,6 @@ NOTEBOOK = nbformat.v4.new_notebook(
     metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
 )
 
-INK = """(c) => {
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
-  return ink / (d.length / 4);
-}"""
 
 
 def test_generation_view_paints_scrubs_and_moves_the_selection(artifacts):

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lab import NOTEBOOKS, altair_params_error, chromium, free_port, js_wait, py, run_all, wait_idle_after_run
+from lab import INK, NOTEBOOKS, altair_params_error, chromium, free_port, js_wait, py, run_all, wait_idle_after_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -188,9 +188,3 @@ def test_marimo_runs_the_quickstart_app_renders_links_and_recomputes(marimo_app,
     page.close()
 
 
-INK = """(c) => {
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 700) ink++;
-  return ink / (d.length / 4);
-}"""
