@@ -207,6 +207,13 @@ def test_a_slider_edit_repaints_every_view_with_the_edited_numbers(quickstart, a
     page.screenshot(path=str(artifacts / "dashboard_after_reset.png"), full_page=True)
     assert py(page, "print(dash.selection.layer, dash.selection.head, dash.selection.token, dash.selection.neuron)") == selected
     assert after == before, f"after reset these views do not paint what they painted first: {[c for c in classes if after[c] != before[c]]}"
+
+    # The keyboard moves a focused slider one step: JupyterLab's shortcuts, listening on the document,
+    # would otherwise cancel the arrow key (and act on the notebook instead).
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    assert py(page, "dash.perturb.wait(); print(dash.perturb.head_factor, [type(e).__name__ for e in dash.perturb.latest.edits])") == "0.95 ['ScaleHead']"
+    py(page, "dash.perturb.reset(); dash.perturb.wait()")
     assert not page.errors, page.errors
 
 
