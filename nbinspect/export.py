@@ -181,16 +181,17 @@ def payload_bytes(view: ipywidgets.Widget) -> tuple[int, int]:
 # --- pictures ------------------------------------------------------------------------------------------
 
 
-def _chart_of(view):
-    """The altair chart when ``view`` is one (an ``alt.JupyterChart`` or ``alt.Chart``), else None."""
+def _chart_of(view) -> dict | None:
+    """The Vega-Lite spec when ``view`` is an altair chart (an ``alt.JupyterChart``: the spec it shows,
+    which a view may have given new data since the chart was made; or an ``alt.Chart``), else None."""
     try:
         import altair as alt
     except ImportError:  # pragma: no cover - altair is a dependency
         return None
     if isinstance(view, alt.JupyterChart):
-        return view.chart
+        return view.spec
     if isinstance(view, alt.TopLevelMixin):
-        return view
+        return view.to_dict()
     return None
 
 
@@ -228,7 +229,7 @@ def to_png(view, path: str | os.PathLike | None = None, scale: int = PNG_SCALE) 
     if chart is not None:
         import vl_convert as vlc
 
-        png = vlc.vegalite_to_png(chart.to_dict(), scale=scale)
+        png = vlc.vegalite_to_png(chart, scale=scale)
     else:
         png = _screenshot(view, scale)
     if path is not None:
@@ -250,7 +251,7 @@ def to_svg(view, path: str | os.PathLike | None = None, scale: int = PNG_SCALE) 
     if chart is not None:
         import vl_convert as vlc
 
-        svg = vlc.vegalite_to_svg(chart.to_dict())
+        svg = vlc.vegalite_to_svg(chart)
     else:
         png = _screenshot(view, scale)
         w, h = png_size(png)

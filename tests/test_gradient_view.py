@@ -111,6 +111,22 @@ def test_a_chart_click_still_selects_after_the_view_was_shown_an_edited_trace():
     assert view.selection.layer == 2
 
 
+def test_the_chart_shows_the_edited_traces_norms_and_the_template_is_left_alone():
+    model = tiny("llama")
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    first = view.chart.spec
+    edited = view.trace.edit(nbinspect.AblateHead(1, 0))
+    view.show(edited)
+    spec = view.chart.spec
+    expected = [r for r in gv.norms_by_part(edited.adapter, edited.gradient_norms) if r["norm"] > 0]
+    assert spec["datasets"]["norms"] == expected and expected != first["datasets"]["norms"]
+    assert "edited: ScaleHead(layer=1, head=0" in spec["title"]["text"] and "edited" not in first["title"]["text"]
+    assert len(spec["datasets"]["layers"]) == edited.adapter.n_layers
+    # Shown again, the first trace's numbers come back: the shared template was not written to.
+    view.show(edited.parent)
+    assert view.chart.spec["datasets"] == first["datasets"]
+
+
 # --- relevance, rollout and flow in the strip --------------------------------------------------------------
 def _hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())

@@ -85,34 +85,32 @@ def flag_layers(layer_norms: list[float]) -> dict[str, list[int]]:
     }
 
 
-def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> alt.LayerChart:
+def norm_chart_template(n_layers: int) -> alt.LayerChart:
+    """The chart without its numbers: three named datasets (``norms``, ``flags``, ``layers``) that
+    `norm_chart_spec` fills in. Building and validating an altair chart costs ~0.3 s, so a slider edit
+    swaps the data of a spec made once per depth instead of building a new chart."""
     alt.JupyterChart.enable_offline()  # vega from vl-convert: nothing is fetched at render time
     x = alt.X("layer:Q", title="layer (−1: embedding)", scale=alt.Scale(domain=[-1.5, n_layers + 0.5], nice=False),
               axis=alt.Axis(tickMinStep=1))
     y = alt.Y("norm:Q", title="gradient norm (log scale)", scale=alt.Scale(type="log"))
     color = alt.Color("part:N", title="module", scale=alt.Scale(domain=PART_ORDER))
-    base = alt.Chart(alt.Data(values=[r for r in rows if r["norm"] > 0])).encode(x=x, y=y, color=color)  # log: no zeros
+    base = alt.Chart(alt.Data(name="norms")).encode(x=x, y=y, color=color)
     lines = base.mark_line(opacity=0.7)
     points = base.mark_circle(size=60)
 
-    marks = [{"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]]
     # Flag colours are fixed values, not a second colour scale, so the module legend stays the only one;
-    # the label at the top of each rule says which flag it is.
+    # the label at the top of each rule says which flag it is. No flags: an empty dataset, nothing drawn.
     flag_colour = alt.condition(alt.datum.flag == "exploding", alt.value("#d62728"), alt.value("#9467bd"))
-    flags_base = alt.Chart(alt.Data(values=marks)).encode(x="layer:Q", color=flag_colour)
+    flags_base = alt.Chart(alt.Data(name="flags")).encode(x="layer:Q", color=flag_colour)
     flag_rules = flags_base.mark_rule(strokeDash=[4, 3], strokeWidth=2, clip=True) + flags_base.mark_text(
         y=-6, fontSize=11, clip=False
     ).transform_calculate(mark="datum.flag == 'exploding' ? '▲' : '▼'").encode(text="mark:N")
     # One column per layer, full height: a click anywhere in it picks the layer (no need to hit a
     # point), its tooltip lists the layer's norms, and the selected layer's column is shaded.
-    by_layer: dict[int, dict] = {i: {"layer": i} for i in range(n_layers)}
-    for r in rows:
-        if 0 <= r["layer"] < n_layers:
-            by_layer[r["layer"]][r["part"]] = r["norm"]
     pick = alt.selection_point(name="layer_pick", fields=["layer"], on="click", clear=False)
     current = alt.param(name="current", value=0)
     band = (
-        alt.Chart(alt.Data(values=list(by_layer.values())))
+        alt.Chart(alt.Data(name="layers"))
         .transform_calculate(lo="datum.layer - 0.5", hi="datum.layer + 0.5")
         .encode(x=alt.X("lo:Q"), x2="hi:Q")
     )
@@ -121,9 +119,30 @@ def norm_chart(rows: list[dict], flags: dict[str, list[int]], n_layers: int, tit
         tooltip=[alt.Tooltip("layer:Q", title="layer")]
         + [alt.Tooltip(f"{p}:Q", title=p, format=".2e") for p in ("attention", "mlp", "norm")]
     ).add_params(pick)
-    layers = [shade, flag_rules, lines, points, click] if marks else [shade, lines, points, click]
+    return alt.layer(shade, flag_rules, lines, points, click).properties(width=560, height=240)
+
+
+_templates: dict[int, dict] = {}  # n_layers -> the template's spec (read-only: specs share its parts)
+
+
+def norm_chart_spec(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> dict:
+    """The Vega-Lite spec of the norms chart: the template's spec with this trace's data and title."""
+    if n_layers not in _templates:
+        _templates[n_layers] = norm_chart_template(n_layers).to_dict()
+    by_layer: dict[int, dict] = {i: {"layer": i} for i in range(n_layers)}
+    for r in rows:
+        if 0 <= r["layer"] < n_layers:
+            by_layer[r["layer"]][r["part"]] = r["norm"]
     subtitle = f"▼ vanishing / ▲ exploding: a layer more than ×{FLAG_RATIO:g} below / above the median layer · click a layer to select it"
-    return alt.layer(*layers).properties(width=560, height=240, title=alt.Title(title, subtitle=subtitle))
+    return {
+        **_templates[n_layers],
+        "title": {"text": title, "subtitle": subtitle},
+        "datasets": {
+            "norms": [r for r in rows if r["norm"] > 0],  # log scale: no zeros
+            "flags": [{"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]],
+            "layers": list(by_layer.values()),
+        },
+    }
 
 
 #: Attribution methods the strip offers: name -> (label, function of a Trace returning float32 [tokens]).
@@ -188,7 +207,8 @@ class GradientView(View):
         n_layers = trace.adapter.n_layers
         super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()},
                          layered={k: [low, n_layers - 1] for k, low in LAYERED.items()}, **kwargs)
-        self.chart = alt.JupyterChart(self._chart_spec(trace), embed_options={"renderer": "canvas", "actions": False})
+        self.chart = alt.JupyterChart(norm_chart_template(n_layers), embed_options={"renderer": "canvas", "actions": False})
+        self.chart.spec = self._chart_spec(trace)
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.selection.observe(self._layer_moved, ["layer"])
         self.observe(self._method_changed, ["method", "strip_layer"])
@@ -219,21 +239,20 @@ class GradientView(View):
         self.unavailable = {m: why for m in LAYERED if (why := strip_unavailable(trace, m)) is not None}
         self.position = trace.target.position
 
-    def _chart_spec(self, trace: Trace) -> alt.LayerChart:
+    def _chart_spec(self, trace: Trace) -> dict:
         adapter, norms = trace.adapter, trace.gradient_norms
         codecs.check_finite(norms.target, "the gradient target (loss or logit)")
         self.rows = norms_by_part(adapter, norms)
         flags = flag_layers([float(v) for v in norms.layers])
         self.flags, self.target = flags, trace.target.label
         edited = f" (edited: {', '.join(map(repr, trace.edits))})" if trace.edits else ""
-        return norm_chart(self.rows, flags, adapter.n_layers, f"Gradient of the {trace.target.label}, per layer{edited}")
+        return norm_chart_spec(self.rows, flags, adapter.n_layers, f"Gradient of the {trace.target.label}, per layer{edited}")
 
     def show(self, trace: Trace) -> None:
         """Show another trace of the same text (an edit re-ran its backward): new norms and scores."""
         super().show(trace)
-        self.chart.chart = self._chart_spec(trace)
-        # A new spec gives the JupyterChart new selection objects: listen to the chart clicks again.
-        self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
+        # The same chart with new data: its params and selections (and our listener on them) stay.
+        self.chart.spec = self._chart_spec(trace)
         self.chart.params.current = self.selection.layer
         self._describe(trace)
         self.scores_of = ""
