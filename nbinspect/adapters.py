@@ -506,16 +506,17 @@ class Adapter:
                 return module
         return projection
 
-    def unembed(self, hidden: torch.Tensor, vocab: slice | None = None) -> torch.Tensor | None:
+    def unembed(self, hidden: torch.Tensor, vocab: slice | None = None, *, head: nn.Module | None = None) -> torch.Tensor | None:
         """Logits from hidden states *after* the final norm, as the model's own head computes them.
 
         That is :meth:`head` (DistilBERT's transform is three loose modules, applied here in its
         order) followed by the logit scaling some families apply after it: Gemma 2/3 soft-capping,
         Cohere's ``logit_scale``, Granite's ``logits_scaling``. None for models without a head.
         ``vocab``: only the logits of these token ids (a slice), for reductions that walk the vocabulary
-        a block at a time; a plain linear head then computes just those rows.
+        a block at a time; a plain linear head then computes just those rows. ``head``: what :meth:`head`
+        returns, from a caller that unembeds block after block (finding it walks the model's modules).
         """
-        head = self.head()
+        head = self.head() if head is None else head
         if head is None:
             return None
         m = self.model

@@ -176,6 +176,12 @@ LENS_CHUNK_ROWS = 256
 #: instead of as much again (separate passes over 35 MB tensors). 2 MB stays within a core's L2 on most
 #: CPUs (8 MB measured 1.7× slower than 2 MB on a shared EPYC); SmolLM2: 240 rows × ~2.2K tokens.
 LENS_BLOCK_MAX_BYTES = 2 * 2**20
+#: On a CPU, also at most this many vocabulary entries per block: the GEMM making a block slows down
+#: past a few thousand columns, whatever its rows (SmolLM2, one thread, on the shared 2-core EPYC at load
+#: 4.5, medians of 3: the lens view's 90 rows took 0.21 / 0.18 / 0.17 / 0.23 s at 728 / 1536 / 2184 / 5825
+#: columns, 5825 being what 2 MB gave them; the full grid's 240 rows 0.44 / 0.53 / 0.56 / 0.62 s).
+#: A GPU block is a dozen kernel launches: there only the bytes count.
+LENS_BLOCK_TOKENS = 1536
 #: Top tokens per logit-lens cell sent to the browser (shown on hover; the cell draws the first).
 LENS_TOP_K = 5
 #: Token positions (columns) the logit-lens view decodes and shows at once; the rest are decoded when the

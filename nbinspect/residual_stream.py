@@ -217,7 +217,7 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) 
     out = {name: [] for name in ("ids", "probs", "entropy", "kl", "tprob", "trank")}
     with _weights_of(trace, adapter), torch.no_grad():
         for start in range(0, n, chunk):
-            part = _lens_chunk(adapter, stream[start:start + chunk], k, target, vocab)
+            part = decode_residuals(adapter, stream[start:start + chunk], k=k, target=target)
             for name, value in part.items():
                 out[name].append(value)
     if n == 0:
@@ -240,57 +240,80 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) 
     )
 
 
-def _lens_chunk(adapter: Adapter, x: torch.Tensor, k: int, target: int | None, vocab: int) -> dict:
-    """The lens reductions of residuals ``x`` [c, L, d], one vocabulary block at a time (online softmax).
+def decode_residuals(adapter: Adapter, stream: torch.Tensor, *, k: int = 5, target: int | None = None) -> dict:
+    """The lens of residual streams ``stream`` [positions, layers, d] (or one position's [layers, d]), outside a trace.
 
-    Per row, with ``m`` the running max logit: ``S = Σ e^(z−m)``, ``E = Σ e^(z−m)(z−m)`` (entropy
-    ``log S − E/S``) and, against the same position's last row ``f``, ``G = Σ e^(z_f−m_f)(z_f−z)``
-    (``KL(final ‖ row) = G/S_f − (lse_f − lse_row)``, from differences taken element by element so the
-    small KLs of the last layers do not cancel away; exactly 0 on the last row). The sums are kept in
-    float64. The target's block goes first, so its logit for the rank is the one the GEMM made.
+    The one path every logit lens in nbinspect takes (the trace's :func:`logit_lens`, a generation's steps):
+    the model's final norm, then its whole head as :meth:`Adapter.unembed` applies it (soft-cap, logit
+    scaling), reduced block by block on the stream's device. Returns tensors with the position dimension
+    first (dropped for a [layers, d] input): ``ids`` / ``probs`` [..., layers, k], ``entropy``, ``kl`` and,
+    with a ``target`` id, its probability ``tprob`` and rank ``trank`` [..., layers].
+    """
+    _require(adapter)
+    vocab = int(_weight(adapter.unembedding(), "weight").shape[0])
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k {k!r} is out of range: show 1..{vocab} tokens per cell.")
+    one = stream.dim() == 2
+    with torch.no_grad():
+        part = _lens_chunk(adapter, stream[None] if one else stream, k, target, vocab)
+    return {name: value[0] for name, value in part.items()} if one else part
+
+
+def _lens_chunk(adapter: Adapter, x: torch.Tensor, k: int, target: int | None, vocab: int) -> dict:
+    """The lens reductions of residuals ``x`` [c, L, d], one vocabulary block at a time.
+
+    Per row and block ``b``, with ``m_b`` the block's max logit: ``S_b = Σ e^(z−m_b)``,
+    ``E_b = Σ e^(z−m_b)(z−m_b)`` and, against the same position's last row ``f``,
+    ``G_b = Σ e^(z_f−m_fb)(z_f−z)``; they are combined once at the end against the row's max ``M``
+    (``S = Σ_b e^(m_b−M) S_b``, ...): entropy ``log S − E/S`` and ``KL(final ‖ row) = G/S_f − (lse_f − lse_row)``,
+    from differences taken element by element so the small KLs of the last layers do not cancel away
+    (exactly 0 on the last row). Each block is read while in cache by the top-k, one exp, one sum and two
+    GEMVs; nothing else is done per block (a running rescale per block cost more than the sums). The
+    combination is in float64. The target's block goes first, so its logit for the rank is the one the
+    GEMM made.
     """
     normed = adapter.final_norm()(x)
     c, L = x.shape[:2]
     width = max(1, min(vocab, codecs.LENS_BLOCK_MAX_BYTES // (4 * c * L)))
+    if x.device.type == "cpu":
+        width = min(width, codecs.LENS_BLOCK_TOKENS)
     blocks = [(lo, min(lo + width, vocab)) for lo in range(0, vocab, width)]
     if target is not None:
         first = int(target) // width
         blocks.insert(0, blocks.pop(first))
-    m = S = E = G = top_v = top_i = xt = rank = None
+    head = adapter.head()  # found once, not per block
+    per = {name: [] for name in ("v", "i", "m", "S", "E", "ed")}
+    xt = rank = None
     for lo, hi in blocks:
-        z = adapter.unembed(normed, vocab=slice(lo, hi)).float()  # [c, L, b]
+        z = adapter.unembed(normed, vocab=slice(lo, hi), head=head).float()  # [c, L, b]
         if target is not None:
             if xt is None:
                 xt = z[..., int(target) - lo].clone()
                 rank = torch.zeros(c, L, dtype=torch.long, device=z.device)
-            rank += (z > xt[..., None]).sum(-1)
+            rank += (z > xt[..., None]).sum(-1, dtype=torch.int32)
         v, i = torch.topk(z, min(k, hi - lo), dim=-1)
-        if top_v is not None:
-            v, j = torch.topk(torch.cat([top_v, v], -1), min(k, top_v.shape[-1] + v.shape[-1]), dim=-1)
-            i = torch.cat([top_i, i + lo], -1).gather(-1, j)
-        else:
-            i = i + lo
-        top_v, top_i = v, i
-        m_new = z.amax(-1) if m is None else torch.maximum(m, z.amax(-1))
-        d = z - m_new[..., None]  # ≤ 0
+        d = z.sub_(v[..., :1])  # ≤ 0, from the block's max (the top-k's first); z is not needed any more
         e = d.exp()
-        s_blk = e.sum(-1).double()  # (a float64 sum would first copy the block to float64)
-        e_blk = torch.bmm(e.view(c * L, 1, -1), d.view(c * L, -1, 1)).view(c, L).double()
-        # Σ e_f (z_f − z) = Σ e_f d_f − Σ e_f d + (m_f − m) Σ e_f: one product of d with the last row's e;
-        # d is small where e_f is not (both are measured from their row's max), so nothing large cancels.
-        ed = torch.bmm(d, e[:, -1:, :].transpose(1, 2)).view(c, L).double()  # Σ e_f d per row
-        g_blk = ed[:, -1:] - ed + (m_new[:, -1:] - m_new).double() * s_blk[:, -1:]
-        if m is None:
-            S, E, G = s_blk, e_blk, g_blk
-        else:
-            shift = (m - m_new).double()  # ≤ 0: rescale what was summed against the old max
-            alpha = shift.exp()
-            E = alpha * (E + shift * S) + e_blk
-            S = alpha * S + s_blk
-            G = alpha[:, -1:] * G + g_blk
-        m = m_new
+        per["v"].append(v)
+        per["i"].append(i + lo)
+        per["m"].append(v[..., 0])
+        per["S"].append(e.sum(-1))
+        per["E"].append(torch.bmm(e.view(c * L, 1, -1), d.view(c * L, -1, 1)).view(c, L))
+        per["ed"].append(torch.bmm(d, e[:, -1:, :].transpose(1, 2)).view(c, L))  # Σ e_f d per row
         del z, d, e
-    lse = m.double() + S.log()
+    top_v, j = torch.topk(torch.cat(per["v"], -1), k, dim=-1)
+    top_i = torch.cat(per["i"], -1).gather(-1, j)
+    m_b, S_b, E_b, ed = (torch.stack(per[name]).double() for name in ("m", "S", "E", "ed"))  # [blocks, c, L]
+    # Σ_block e_f (z_f − z) = Σ e_f d_f − Σ e_f d + (m_fb − m_b) Σ e_f: d is small where e_f is not (both
+    # are measured from their block's max), so nothing large cancels.
+    G_b = ed[..., -1:] - ed + (m_b[..., -1:] - m_b) * S_b[..., -1:]
+    m = m_b.amax(0)
+    shift = m_b - m  # ≤ 0
+    scale = shift.exp()
+    S = (scale * S_b).sum(0)
+    E = (scale * (E_b + shift * S_b)).sum(0)
+    G = (scale[..., -1:] * G_b).sum(0)
+    lse = m + S.log()
     entropy = (S.log() - E / S).float().clamp_min_(0.0)
     kl = (G / S[:, -1:] - (lse[:, -1:] - lse)).float().clamp_min_(0.0)
     part = {"ids": top_i, "probs": (top_v.double() - lse[..., None]).exp().float(), "entropy": entropy, "kl": kl}

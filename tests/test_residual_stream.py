@@ -160,6 +160,29 @@ def test_lens_in_small_chunks_gives_the_same_answer(monkeypatch):
     assert torch.allclose(pieces.target_prob, p[..., 4], atol=1e-6)
 
 
+def test_lens_blocks_of_few_tokens_on_a_cpu_give_what_one_block_gives(monkeypatch):
+    # On a CPU a vocabulary block is at most codecs.LENS_BLOCK_TOKENS wide (a narrow GEMM runs faster);
+    # the per-block sums are combined once at the end, against each row's max over every block.
+    model = randomize_biases(tiny("gemma2"))  # soft-capped logits: the blocks go through the whole head
+    trace = make_trace(model, CharTokenizer(), TEXT)
+    monkeypatch.setattr(codecs, "LENS_BLOCK_MAX_BYTES", 2**30)
+    monkeypatch.setattr(codecs, "LENS_BLOCK_TOKENS", 2**30)
+    one = rs.logit_lens(trace, target=7)
+    widths = []
+    unembed = Adapter.unembed
+    monkeypatch.setattr(Adapter, "unembed", lambda self, h, vocab=None, **kw: widths.append(vocab.stop - vocab.start)
+                        or unembed(self, h, vocab, **kw))
+    monkeypatch.setattr(codecs, "LENS_BLOCK_TOKENS", 5)
+    many = rs.logit_lens(trace, target=7)
+    vocab = model.config.vocab_size
+    assert max(widths) == 5 and sum(widths) == vocab and len(widths) == math.ceil(vocab / 5)
+    assert torch.equal(one.top_ids, many.top_ids) and torch.equal(one.target_rank, many.target_rank)
+    for name in ("top_probs", "entropy", "kl_to_final", "target_prob"):
+        assert torch.allclose(getattr(one, name), getattr(many, name), atol=1e-5), name
+    logp = trace.record.logits[0].float().log_softmax(-1)  # the model's own (capped) logits
+    assert torch.allclose(many.entropy[-1], -(logp.exp() * logp).sum(-1), atol=1e-4)
+
+
 # --- block writes ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
 def test_block_writes(family):
