@@ -104,18 +104,16 @@ class Generation:
         Returns (top ids int64 [layers, k], their probabilities float32 [layers, k], the probability of
         the token finally chosen at that step, float32 [layers]).
         """
+        from .residual_stream import decode_residuals
+
         s = self.steps[step]
-        head, norm = self.adapter.unembedding(), self.adapter.final_norm()
+        head = self.adapter.unembedding()
         if head is None:
             raise ValueError("the logit lens needs an output head (unembedding); this model has none.")
         weight = head.weight
-        with torch.no_grad():
-            x = s.residual.to(weight.device, weight.dtype)
-            if norm is not None:
-                x = norm(x)
-            probs = torch.softmax(head(x).float(), dim=-1)
-        top = probs.topk(k, dim=-1)
-        return top.indices.cpu(), top.values.cpu(), probs[:, s.token].cpu()
+        # The trace's lens path: final norm, the whole head with the model's logit transforms (soft-cap, scaling).
+        part = decode_residuals(self.adapter, s.residual.to(weight.device, weight.dtype), k=k, target=s.token)
+        return part["ids"].cpu(), part["probs"].cpu(), part["tprob"].cpu()
 
 
 class _Recorder:
