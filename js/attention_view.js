@@ -232,7 +232,7 @@ async function render({ model, el: host }) {
     const reason = get("head_types_reason");
     typesHint.textContent = !get("show_head_types") ? ""
       : reason ? reason
-      : badges() ? `P previous · I induction · D duplicate · S first-token (≥ ${get("badge_threshold")})`
+      : badges() ? `P previous · I induction · D duplicate · S first-token (≥ ${+get("badge_threshold").toPrecision(2)})`
       : "measuring head types…";
     drawGrid();
     drawFocus();

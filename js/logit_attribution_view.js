@@ -131,7 +131,7 @@ async function render({ model, el: host }) {
         ctx.fillStyle = colour(heads[l * g.H + hh], s);
         ctx.fillRect(LEFT + hh * g.cell, TOP + l * g.cell, g.cell - 1, g.cell - 1);
         if (badges && badges[l * g.H + hh] && g.cell >= 10) {
-          ctx.fillStyle = "#111";
+          ctx.fillStyle = Math.abs(heads[l * g.H + hh]) > 0.55 * s ? "#fff" : "#111"; // readable on the darkest cells too
           ctx.fillText(BADGES[names[badges[l * g.H + hh] - 1]] ?? "?", LEFT + (hh + 0.5) * g.cell, TOP + (l + 0.5) * g.cell);
         }
       }
@@ -174,7 +174,7 @@ async function render({ model, el: host }) {
       `heads ${signed(hs)} + MLPs ${signed(ms)} + embeddings ${signed(get("embeddings"))} + remainder ${signed(get("remainder"))}` +
       ` = ${get("logit").toFixed(3)} (the model's ${get("foil_token") >= 0 ? "logit difference" : "logit"})\n` +
       `final norm's scale frozen at its value here (${get("norm_scale").toPrecision(3)}); remainder: norm bias, unembedding and attention output biases` +
-      (badges ? `\nbadges (score ≥ ${get("badge_threshold")}): P previous-token · I induction · D duplicate-token · S first-token (sink)` : "");
+      (badges ? `\nbadges (score ≥ ${+get("badge_threshold").toPrecision(2)}): P previous-token · I induction · D duplicate-token · S first-token (sink)` : "");
     root.dataset.layer = String(L);
     root.dataset.head = String(H);
     const key = `${get("shown_target")},${get("logit")},${badges ? 1 : 0}`;

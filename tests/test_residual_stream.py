@@ -199,6 +199,27 @@ def test_block_writes(family):
     assert bw.mean("mlp").shape == (3,)
 
 
+def test_an_edited_trace_reuses_its_parents_block_writes_before_the_edit_and_equals_a_fresh_computation(monkeypatch):
+    model = tiny("llama")
+    parent = make_trace(model, CharTokenizer(), TEXT)
+    first = parent.cached("block_writes", lambda: rs.block_writes(parent))
+    edited = parent.edit(nbinspect.ScaleHead(1, 0, 0.3))
+    assert edited.from_layer == 1
+    cosines = []
+    real = torch.cosine_similarity
+    monkeypatch.setattr(torch, "cosine_similarity", lambda *a, **k: cosines.append(1) or real(*a, **k))
+    reused = rs.block_writes(edited)
+    assert len(cosines) == 2 * (edited.n_layers - 1)  # two per layer from the edited one on, none before
+    monkeypatch.undo()
+    edited._cache.clear()
+    edited.parent = None  # nothing to reuse: every layer computed from the edited trace's own tensors
+    fresh = rs.block_writes(edited)
+    for name in ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_mlp"):
+        assert torch.equal(getattr(reused, name), getattr(fresh, name)), name
+        assert torch.equal(getattr(reused, name)[:1], getattr(first, name)[:1]), name
+    assert not torch.equal(reused.attention[1], first.attention[1])  # the edited layer was recomputed
+
+
 # --- head types ------------------------------------------------------------------------------------
 def _pattern(n, keys):
     """[n, n] attention where query q puts all its weight on keys(q) (a valid causal pattern)."""
@@ -373,6 +394,8 @@ def test_attribution_view_follows_target_foil_and_selection():
     assert view.head_types == b""  # measured only when the overlay is switched on
     view.show_head_types = True
     assert len(view.head_types) == 12 and len(view.head_type_scores) == 4 * 12 * 4
+    view.badge_threshold = 0.0  # a threshold set while the overlay is on is sent at once
+    assert bytes(view.head_types) == bytes(view.types().badges(0.0).flatten()) and all(view.head_types)
 
 
 def test_block_writes_view_and_encoders():

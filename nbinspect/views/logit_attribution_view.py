@@ -57,7 +57,7 @@ class LogitAttributionView(TraceView):
         self._head_types = head_types
         super().__init__(trace, selection, **kwargs)
         self._link(("head",))
-        self.observe(self._overlay, ["show_head_types"])
+        self.observe(self._overlay, ["show_head_types", "badge_threshold"])
         self._paint()
         if head_types is not None:
             self.show_head_types = True
@@ -109,7 +109,7 @@ class LogitAttributionView(TraceView):
     _types_of = None
 
     def _overlay(self, change) -> None:
-        if change["new"]:
+        if self.show_head_types:  # switched on, or another threshold while on
             self._send_head_types()
 
     def types(self) -> rs.HeadTypes:
