@@ -546,8 +546,13 @@ def block_writes(trace) -> BlockWrites:
             raise ValueError(f"block writes need {kind} of every layer; this record lacks layers {missing[:5]}.")
     parallel = bool(getattr(adapter.config, "use_parallel_residual", False))
     rows = {k: [] for k in ("stream_in", "stream_out", "attention", "mlp", "cos_attention", "cos_mlp")}
+    # An edited trace holds its parent's very tensors for the layers before the first one it re-ran
+    # (Trace.edit), so their rows are the parent's too: a slider edit computes only the layers it changed.
+    start, shared = _parent_rows(trace, "block_writes")
     with torch.no_grad():
         for l, r in enumerate(residual):
+            if l < start:
+                continue
             before = r.before[0].float()
             attn = record.attention_out[l][0].to(before.device).float()
             mlp = record.mlp_out[l][0].to(before.device).float()
@@ -558,10 +563,26 @@ def block_writes(trace) -> BlockWrites:
             rows["mlp"].append(mlp.norm(dim=-1))
             rows["cos_attention"].append(torch.cosine_similarity(attn, before, dim=-1))
             rows["cos_mlp"].append(torch.cosine_similarity(mlp, mid, dim=-1))
-    device = rows["stream_in"][0].device
-    out = {k: torch.stack([t.to(device) for t in v]) for k, v in rows.items()}
+    device = rows["stream_in"][0].device if rows["stream_in"] else shared.stream_in.device
+    out = {k: torch.stack([t.to(device) for t in v]) if v else None for k, v in rows.items()}
+    if start > 0:
+        out = {k: getattr(shared, k)[:start] if v is None else torch.cat([getattr(shared, k)[:start], v]) for k, v in out.items()}
     codecs.check_finite(out["stream_out"].amax(), "the residual stream")
     return BlockWrites(**out)
+
+
+def _parent_rows(trace, key: str) -> tuple[int, Any]:
+    """(first layer to compute, the parent's cached result) when ``trace`` is an edit re-run from a layer
+    whose parent has already computed ``key`` (``Trace.cached``); else ``(0, None)``."""
+    parent, start = getattr(trace, "parent", None), getattr(trace, "from_layer", -1)
+    shared = getattr(parent, "_cache", {}).get(key) if parent is not None else None
+    if shared is None or start <= 0:
+        return 0, None
+    # Layers before ``start`` are the parent's own tensors (see trace._inherit), not copies.
+    record, parent_record = trace.record, parent.record
+    if any(record.residual[i] is not parent_record.residual[i] for i in range(start)):
+        return 0, None
+    return start, shared
 
 
 # --- head types ------------------------------------------------------------------------------------
