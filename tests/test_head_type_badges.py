@@ -97,10 +97,27 @@ DLA_CELLS = """([rows, cols]) => {
 
 @pytest.mark.browser
 def test_head_type_badges_are_drawn_on_the_attention_grid(artifacts):
+    # A random model's heads hardly reach the default threshold; the test sets it between the heads' best
+    # scores so that some heads are typed and some are not (what a threshold slider would do).
+    _badges_in_jupyterlab(artifacts, NOTEBOOK, (3, 4), "head_type_badges", median_threshold=True)
+
+
+@pytest.mark.browser
+@pytest.mark.real_model
+def test_head_type_badges_of_smollm2_at_the_default_threshold(artifacts):
+    # The default model's own induction / previous-token / sink heads, at the threshold users get: 30 x 9
+    # thumbnails of 16 px, badges of 6 px (no letter), attribution cells of 18 px (with a letter).
+    code = ("import nbinspect\nmodel, tok = nbinspect.load(device='cpu')\n"
+            "t = nbinspect.trace(model, tok, 'The cat sat on the mat. The cat sat on the', gradients=False)\n"
+            "att = nbinspect.attention(t)\ndla = nbinspect.logit_attribution(t)\ndisplay(att, dla)\n")
+    _badges_in_jupyterlab(artifacts, code, (30, 9), "head_type_badges_smollm2", median_threshold=False)
+
+
+def _badges_in_jupyterlab(artifacts, code: str, shape: tuple[int, int], name: str, *, median_threshold: bool):
     import nbformat
     from lab import chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK)],
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)],
                                   metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     with jupyterlab({"badges.ipynb": json.dumps(nb)}) as (url, _), chromium() as browser:
         page = open_notebook(browser, url, "badges.ipynb")
@@ -112,7 +129,7 @@ def test_head_type_badges_are_drawn_on_the_attention_grid(artifacts):
         names = list(COLOURS)
         L, H = (int(v) for v in py(page, "print(att.n_layers, att.n_heads)").split())
         before = page.evaluate(BADGE_PIXELS, [COLOURS, L, H])
-        assert (L, H) == (3, 4) and len(before) == L and len(before[0]) == H
+        assert (L, H) == shape and len(before) == L and len(before[0]) == H
         js_wait(page, "document.querySelector('.nbi-dla canvas').dataset.cell > 0", timeout=30_000)
         dla_before = page.evaluate(DLA_CELLS, [L, H])
         assert max(f for row in before for cell in row for f in cell.values()) < 0.05  # no badge before the switch
@@ -121,10 +138,9 @@ def test_head_type_badges_are_drawn_on_the_attention_grid(artifacts):
         page.locator(".nbi-attn input[type=checkbox]").click()
         js_wait(page, "document.querySelector('.nbi-attn canvas.nbi-grid').dataset.badges !== ''", timeout=60_000)
         assert py(page, "print(att.show_head_types, len(att.head_types))").split() == ["True", str(L * H)]
-        # A random model's heads hardly reach the default threshold; set it between the heads' best scores so
-        # that some heads are typed and some are not (what a threshold slider would do).
-        py(page, "import torch; best = torch.stack([att.types().scores[k] for k in nbinspect.residual_stream.HEAD_TYPES]).amax(0)\n"
-                 "att.badge_threshold = float(best.flatten().sort().values[best.numel() // 2])")
+        if median_threshold:
+            py(page, "import torch; best = torch.stack([att.types().scores[k] for k in nbinspect.residual_stream.HEAD_TYPES]).amax(0)\n"
+                     "att.badge_threshold = float(best.flatten().sort().values[best.numel() // 2])")
         badges = [int(b) for b in py(page, "print(*list(att.head_types))").split()]
         typed = sum(1 for b in badges if b)
         assert 0 < typed < L * H, badges
@@ -139,7 +155,7 @@ def test_head_type_badges_are_drawn_on_the_attention_grid(artifacts):
                     assert cell[names[kind - 1]] > 0.5, (l, h, names[kind - 1], cell)
                 else:
                     assert max(cell.values()) < 0.05, (l, h, cell)
-        page.locator(".nbi-attn").screenshot(path=str(artifacts / "head_type_badges.png"))
+        page.locator(".nbi-attn").screenshot(path=str(artifacts / f"{name}.png"))
         threshold = py(page, "print(att.badge_threshold)")
         assert f"≥ {float(threshold):.2g}" in page.locator(".nbi-attn .nbi-head").text_content()
 
@@ -159,7 +175,7 @@ def test_head_type_badges_are_drawn_on_the_attention_grid(artifacts):
                     assert changed >= 10, (l, h, changed)
                 else:
                     assert changed == 0, (l, h, changed)
-        page.locator(".nbi-dla").screenshot(path=str(artifacts / "head_type_badges_attribution.png"))
+        page.locator(".nbi-dla").screenshot(path=str(artifacts / f"{name}_attribution.png"))
 
         # Switched off again: the corners go back to the attention thumbnails.
         page.locator(".nbi-attn input[type=checkbox]").click()
