@@ -556,8 +556,8 @@ class Adapter:
         return emb is not None and unemb is not None and emb.weight is unemb.weight
 
     # --- one layer ------------------------------------------------------------------------
-    def check_layer(self, layer: int) -> int:
-        n = self.n_layers
+    def check_layer(self, layer: int, n: int | None = None) -> int:
+        n = self.n_layers if n is None else n
         if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
             raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{n - 1}.")
         return layer % n
@@ -576,7 +576,8 @@ class Adapter:
                 f"nbinspect knows no {words} in this {self.family!r} model ({type(self.model).__name__}), and this "
                 f"needs one; name it by hand with parts=nbinspect.ModelParts({name}=...) if the model has one."
             )
-        return _get(self.layers[self.check_layer(layer)], path)
+        layers = self.layers  # looked up once: captures call this for every hook of every layer
+        return _get(layers[self.check_layer(layer, len(layers))], path)
 
     def attention(self, layer: int) -> nn.Module:
         return self.part(layer, "attention")
@@ -592,7 +593,8 @@ class Adapter:
         path = getattr(self.parts, name)
         if path is None:
             return False
-        return self._has(self.layers[self.check_layer(layer)], path)
+        layers = self.layers
+        return self._has(layers[self.check_layer(layer, len(layers))], path)
 
     def router_layers(self) -> list[int]:
         """The layers whose MLP is a mixture of experts with a router nbinspect can read."""

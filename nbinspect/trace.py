@@ -399,7 +399,7 @@ def _run(t: Trace, parent: Trace | None, start: int) -> None:
 
     with ExitStack() as stack:
         stack.enter_context(model_lock(model))
-        params = stack.enter_context(_restoring(model, requires_grad=t.gradients, eval_mode=True))
+        params = stack.enter_context(_restoring(model, requires_grad=True if t.gradients else None, eval_mode=True))
         stack.enter_context(torch.enable_grad() if t.gradients else torch.no_grad())
         stack.enter_context(perturb(model, *t.edits))
         record = stack.enter_context(capture(model, logits=False, parts=adapter.parts, **{k: v for k, v in requests.items() if v}))
@@ -487,10 +487,19 @@ def _logits(output) -> torch.Tensor | None:
 
 
 def _check_finite(t: Trace, output) -> None:
-    final = t.record.logits if t.record.logits is not None else getattr(output, "last_hidden_state", None)
-    # One sum is finite exactly when every value is (a NaN or an infinity carries through a sum; finite
-    # logits are far too small for their sum to overflow): a pass of the logits instead of four.
-    if final is None or bool(torch.isfinite(final.sum())) or bool(torch.isfinite(final).all()):
+    logits = t.record.logits
+    if logits is not None and logits.dim() == 3:
+        # The last layer's output at every position, and the logits at the target's position and the
+        # last one: a weight that is not finite in the final norm or the head spoils every position's
+        # logits, so these rows show it; the full [n, vocab] logits (25 MB at 128 tokens) are not read.
+        rows = sorted({t.target.position % logits.shape[1], logits.shape[1] - 1})
+        checked = [t.record.residual[t.n_layers - 1].after, logits[:, rows]]
+    else:
+        final = logits if logits is not None else getattr(output, "last_hidden_state", None)
+        checked = [] if final is None else [final]
+    # A sum is finite when every value is (a NaN or an infinity carries through it); only when it is not
+    # are the values themselves looked at, since a sum of finite values may still overflow.
+    if all(bool(torch.isfinite(x.float().sum())) or bool(torch.isfinite(x).all()) for x in checked):
         return
     for i in range(t.n_layers):
         if not bool(torch.isfinite(t.record.residual[i].after).all()):
