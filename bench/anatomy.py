@@ -25,6 +25,9 @@ Prints:
   anatomy_mechanics_view_bytes_N       what AttentionMechanicsView sends for one layer, head and query
 
 NBINSPECT_BENCH_ROUNDS (default 3) sets the rounds per size; fewer on a crowded machine.
+NBINSPECT_BENCH_THREADS sets torch's threads (default: torch's own choice, one per core). On a shared
+machine one thread gives the steadier figures: threads waiting on each other for a core inflate both
+the forward and the statistics, unevenly.
 """
 
 import os
@@ -59,6 +62,8 @@ def main():
     from nbinspect.views.attention_mechanics_view import attention_mechanics
     from nbinspect.views.parameters_view import ParametersView
 
+    if os.environ.get("NBINSPECT_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["NBINSPECT_BENCH_THREADS"]))
     model, tokenizer = nbinspect.load()
     device = next(model.parameters()).device
     print(f"# {type(model).__name__} on {device}, {sum(p.numel() for p in model.parameters())} parameters, "

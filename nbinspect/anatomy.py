@@ -24,10 +24,13 @@ projection's name; ``classify`` holds that small table.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -279,12 +282,12 @@ class Moments:
                 "near_zero": self.near_zero_fraction, "max_abs": self.max_abs}
 
 
-#: Elements per block on the CPU: 2 MB of float32 (and its few temporaries of that size) stays in cache while
-#: it is centred, squared, multiplied and binned, so each weight is read from memory twice in all (once for
-#: its range, once for the rest). Measured on SmolLM2, all histograms ÷ a 128-token forward on a shared
-#: 2-core machine: one thread 0.89× (1 MB blocks), 0.90× (2 MB), 1.15× (4 MB); two threads 1.29×, 1.15×,
-#: 1.18× (fewer, larger blocks mean fewer parallel regions to join).
-_CPU_BLOCK = 1 << 19
+#: Elements per block on the CPU and per thread: 128K float32 (512 KB). The second read of a tensor goes
+#: block by block, and each block is summed, centred, squared, dotted, binned and compared with the
+#: near-zero threshold while it is in cache (a 1 MB L2 per core holds it and most of its work buffers;
+#: at 2 MB every one of those ~13 operations went to L3). With several threads each operation splits the
+#: block between them, so the block grows with the threads: each core keeps its own share in its own cache.
+_CPU_BLOCK = 1 << 17
 #: Elements stacked into one batch on an accelerator (a float32 copy of 256 MB, int64 bin indices 512 MB):
 #: tensors of one size are binned together so that the cost is a few dozen kernel launches per size, not
 #: per tensor (SmolLM2's 272 tensors have 6 sizes). A single larger tensor is handled alone, in blocks.
@@ -320,36 +323,81 @@ def _to_host(rows: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class _Scratch:
-    """Work buffers for one block, allocated once per call: a fresh 2 MB temporary per operation would be
-    fresh pages from the allocator each time, and their page faults cost more than the arithmetic."""
+    """Work buffers for one block, allocated once per call: a fresh temporary per operation would be fresh
+    pages from the allocator each time, and their page faults cost more than the arithmetic. ``of(m)``
+    gives views of the first ``m`` elements, made once per block size (slicing costs a few µs a call)."""
 
     def __init__(self, step: int, device: torch.device):
-        self.d = torch.empty(step, device=device)
-        self.d2 = torch.empty(step, device=device)
-        self.u = torch.empty(step, device=device)
+        self.d = torch.empty(step, device=device)  # the centred block, then its bin positions
+        self.d2 = torch.empty(step, device=device)  # its squares, then |w| ≤ t as 1.0 / 0.0
         if device.type == "cpu":  # bin indices (an accelerator bins with histc, in place)
             self.i = torch.empty(step, dtype=torch.int32, device=device)
             self.i16 = torch.empty(step, dtype=torch.int16, device=device)
             self.u8 = torch.empty(step, dtype=torch.uint8, device=device)
+        self._views: dict[int, SimpleNamespace] = {}
+
+    def of(self, m: int) -> SimpleNamespace:
+        """The buffers' first ``m`` elements, as attributes of the same names."""
+        view = self._views.get(m)
+        if view is None:
+            names = [n for n in ("d", "d2", "i", "i16", "u8") if hasattr(self, n)]
+            view = self._views[m] = SimpleNamespace(**{n: getattr(self, n)[:m] for n in names})
+        return view
+
+
+def _cpu_step() -> int:
+    """Elements per block on the CPU for the current number of threads (see ``_CPU_BLOCK``)."""
+    return _CPU_BLOCK * torch.get_num_threads()
+
+
+def _f32(v: float) -> float:
+    """``v`` rounded to float32, as a kernel working in float32 sees a Python number."""
+    return float(np.float32(v))
+
+
+def _scalar(v: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A 0-d float32 tensor: as an operand it costs a quarter of what a Python number does to wrap (~2 µs
+    instead of ~8 µs an operation, which adds up over a few thousand blocks) and rounds the same."""
+    return torch.tensor(v, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_scale(bins: int, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(lo, factor, divisor), float32 on the CPU, such that ``int((w − lo) · factor / divisor)`` is histc's
+    bin index ``int(((w − lo) · bins) / (hi − lo))`` with every step rounded as histc rounds it. When
+    ``bins`` is a power of two, ``(w − lo) · bins`` is exact and so is ``(hi − lo) / bins``: one division
+    (no factor) rounds once, as histc's division does."""
+    lo32 = _f32(lo)
+    width = _f32(_f32(hi) - lo32)  # hi − lo rounded to float32, as histc computes it
+    step = width / bins
+    if bins & (bins - 1) == 0 and _f32(step) == step and step * bins == width:
+        return _scalar(lo32), None, _scalar(step)
+    return _scalar(lo32), _scalar(bins), _scalar(width)
 
 
 def _bin(c: torch.Tensor, bins: int, lo: float, hi: float, scratch: _Scratch | None = None) -> torch.Tensor:
     """Raw counts of one block, every value of which lies in [lo, hi] (a range taken from these values):
-    ``bins + 1`` of them, the last holding the values equal to ``hi`` (see ``_fold``).
+    ``bins + 1`` of them, the last holding the values whose index is ``bins`` (those equal to ``hi``; see
+    ``_fold``). The counts are exactly ``torch.histc(c, bins, lo, hi)``'s, on every device.
 
-    On the CPU ``histc`` is a scalar loop (~20 ns a value); the bin index and ``bincount`` are vectorised
-    (~2 ns). On an accelerator ``histc`` is one kernel and, unlike ``bincount``, does not sync.
+    On the CPU histc's float32 index is computed with vectorised operations (``_bin_scale``), truncated to
+    bytes and counted by ``bincount`` (~1 ns a value; histc's own CPU loop costs ~12 ns). On an
+    accelerator ``histc`` is one kernel and, unlike ``bincount``, does not sync.
     """
     if c.device.type != "cpu":
         return torch.nn.functional.pad(torch.histc(c, bins=bins, min=lo, max=hi), (0, 1))
     m = c.numel()
-    u = torch.sub(c, lo, out=scratch.u[:m]) if scratch is not None else c - lo
-    u.mul_(bins / (hi - lo))
+    lo32, factor, divisor = _bin_scale(bins, lo, hi)
+    scratch = scratch.of(m) if scratch is not None else None
+    u = torch.sub(c, lo32, out=scratch.d) if scratch is not None else c - lo32
+    if factor is not None:
+        u.mul_(factor)
+    u.div_(divisor)
     if scratch is None:
         return torch.bincount(u.to(torch.int32), minlength=bins + 1)  # truncation: u ≥ 0
     if bins < 255:  # bincount of bytes is ~2× faster; float → int16 → uint8 beats float → uint8 directly
-        return torch.bincount(scratch.u8[:m].copy_(scratch.i16[:m].copy_(u)), minlength=bins + 1)
-    return torch.bincount(scratch.i[:m].copy_(u), minlength=bins + 1)
+        return torch.bincount(scratch.u8.copy_(scratch.i16.copy_(u)), minlength=bins + 1)
+    return torch.bincount(scratch.i.copy_(u), minlength=bins + 1)
 
 
 def _fold(raw: list[torch.Tensor], bins: int) -> torch.Tensor:
@@ -367,38 +415,61 @@ def _range_of(lo: float, hi: float) -> tuple[float, float, bool]:
     return (lo, hi, True) if hi > lo else (lo - 0.5, hi + 0.5, True)
 
 
+def _central(blocks: list[tuple[int, float, float, float, float, float]]) -> tuple[float, float, float, float]:
+    """Mean and central sums M2, M3, M4 of a tensor from its blocks: each block's size m, sum, shift s (its
+    own mean, in float32) and sums of (w − s)², (w − s)³, (w − s)⁴. The binomial expansion about the
+    tensor's mean is exact, and every shift is near its block's mean, so no large terms cancel. In Python
+    floats (float64) on the host: a few dozen operations per block, too small to be worth a kernel each."""
+    n = sum(b[0] for b in blocks)
+    mean = sum(b[1] for b in blocks) / n
+    m2 = m3 = m4 = 0.0
+    for m, total, shift, p2, p3, p4 in blocks:
+        p1 = total - m * shift  # Σ(w − s): the float32 shift's rounding error times the block's size
+        e = shift - mean
+        m2 += p2 + e * (2 * p1 + m * e)
+        m3 += p3 + e * (3 * p2 + e * (3 * p1 + m * e))
+        m4 += p4 + e * (4 * p3 + e * (6 * p2 + e * (4 * p1 + m * e)))
+    return mean, m2, m3, m4
+
+
 def _blocked(x: torch.Tensor, bins: int, histograms: bool, step: int,
              scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One tensor read twice in blocks: its range and sum, then (range and mean on the host: one sync) its
-    central moment sums (float32 pairwise within a block, float64 across blocks), histogram and near-zero count."""
-    parts = []
-    for c in _blocks(x, step):
-        mn, mx = torch.aminmax(c)
-        parts.append(torch.stack([mn, mx, c.sum()]))
-    p = torch.stack(parts).double()
-    mn, mx, total = torch.stack([p[:, 0].min(), p[:, 1].max(), p[:, 2].sum()]).tolist()
-    n = x.numel()
-    mean = total / n
+    """One tensor read twice: its range, in one streaming reduction (on the host: one sync), then block by
+    block while each block is in cache, its sum and its sums of powers about its own mean (float32 pairwise
+    sums and dots within a block, float64 across blocks), its histogram and its near-zero count (one more
+    sync for all blocks' sums)."""
+    mn, mx = torch.stack(torch.aminmax(x)).double().tolist()
     top = max(abs(mn), abs(mx))
     lo, hi, finite = _range_of(mn, mx)
-    near_t = NEAR_ZERO * top
-    sums, near, raw = [], [], []
+    near_t = _scalar(NEAR_ZERO * top, x.device)
+    inverse = {}  # 1 / block size, one 0-d tensor per size
+    sizes, sums, raw = [], [], []
     for c in _blocks(x, step):
         m = c.numel()
-        d = torch.sub(c, mean, out=scratch.d[:m])
-        d2 = torch.mul(d, d, out=scratch.d2[:m])
-        # pairwise (cascade) sums, not BLAS dots: a float32 dot over 10⁶ values is off by ~10⁻⁴ in M4
-        sums += [d2.sum(), torch.mul(d2, d, out=d).sum(), torch.mul(d2, d2, out=d).sum()]
+        total = c.sum()
+        if m not in inverse:
+            inverse[m] = _scalar(1.0 / m, x.device)
+        shift = total * inverse[m]  # near the block's mean: any value near it serves (see _central)
+        buf = scratch.of(m)
+        d = torch.sub(c, shift, out=buf.d)
+        d2 = torch.mul(d, d, out=buf.d2)
+        # dots fuse a multiply and a sum; over a block of 10⁵–10⁶ values a float32 dot stays within ~10⁻⁶–10⁻⁵
+        # of float64 (MKL splits it between threads), and blocks are summed in float64
+        sizes.append(m)
+        sums += [total, shift, d2.sum(), torch.dot(d2, d), torch.dot(d2, d2)]
         if histograms and finite:
             raw.append(_bin(c, bins, lo, hi, scratch))
         if top > 0:  # 1.0 where |w| ≤ t, summed: a float compare in place beats a bool tensor ~4×
-            near.append(torch.abs(c, out=scratch.u[:m]).le_(near_t).sum())
-    s = torch.stack(sums).view(-1, 3).double().sum(0)
-    nz = torch.stack(near).double().sum().reshape(1) if near else s.new_full((1,), float(n))
+            sums.append(torch.abs(c, out=buf.d2).le_(near_t).sum())
+    per = 6 if top > 0 else 5
+    host = torch.stack(sums).double().tolist()
+    rows = [host[i:i + per] for i in range(0, len(host), per)]
+    mean, m2, m3, m4 = _central([(m, *r[:5]) for m, r in zip(sizes, rows)])
+    near = sum(r[5] for r in rows) if top > 0 else float(x.numel())
     hist = None
     if histograms:
         hist = _fold(raw, bins) if raw else torch.zeros(bins, dtype=torch.float64, device=x.device)
-    return torch.cat([s.new_tensor([mean]), s, nz, s.new_tensor([mn, mx])]), hist
+    return torch.tensor([mean, m2, m3, m4, near, mn, mx], dtype=torch.float64), hist
 
 
 def _stacked(xs: list[torch.Tensor], bins: int, histograms: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -424,8 +495,8 @@ def _stacked(xs: list[torch.Tensor], bins: int, histograms: bool) -> tuple[torch
     const = mx <= mn
     lo = torch.where(finite, torch.where(const, mn - 0.5, mn), -1.0)
     hi = torch.where(finite, torch.where(const, mx + 0.5, mx), 1.0)
-    scale = bins / (hi - lo)
-    idx = torch.sub(X, lo[:, None]).mul_(scale[:, None]).nan_to_num_(-1.0)
+    # histc's index, rounded as histc rounds it: ((w − lo) · bins) / (hi − lo) in float32
+    idx = torch.sub(X, lo[:, None]).mul_(bins).div_((hi - lo)[:, None]).nan_to_num_(-1.0)
     idx = idx.to(torch.int64).clamp_(0, bins - 1)
     idx += torch.arange(R, device=X.device)[:, None] * bins
     inside = (X >= lo[:, None]) & (X <= hi[:, None]) & finite[:, None]  # a row with a NaN or inf: no bins
@@ -459,7 +530,7 @@ def _summaries(tensors: list[torch.Tensor], bins: int, histograms: bool = True) 
         if n == 0:
             continue
         if x.device.type == "cpu" and not _STACK_ON_CPU:
-            rows[i], counts[i] = blocked(x, _CPU_BLOCK)
+            rows[i], counts[i] = blocked(x, _cpu_step())
         elif n > _DEVICE_BATCH:
             rows[i], counts[i] = blocked(x, _DEVICE_BLOCK)
         else:
@@ -531,13 +602,13 @@ def binned(tensors: Iterable[torch.Tensor], bins: int, lo: float, hi: float, mom
         acc = per_device.setdefault(x.device, torch.zeros(bins, dtype=torch.float64, device=x.device))
         if not finite or not x.numel():
             continue
-        step = _CPU_BLOCK if x.device.type == "cpu" else _DEVICE_BLOCK
+        step = _cpu_step() if x.device.type == "cpu" else _DEVICE_BLOCK
         if inside_only:
             for c in _blocks(x, step):
                 acc += torch.histc(c, bins=bins, min=lo, max=hi)
             continue
         buf = scratch.get(x.device)
-        if x.device.type == "cpu" and (buf is None or len(buf.u) < min(step, x.numel())):
+        if x.device.type == "cpu" and (buf is None or len(buf.d) < min(step, x.numel())):
             buf = scratch[x.device] = _Scratch(min(step, x.numel()), x.device)
         acc += _fold([_bin(c, bins, lo, hi, buf) for c in _blocks(x, step)], bins)
     total = sum((acc.cpu() for acc in per_device.values()), torch.zeros(bins, dtype=torch.float64)).float()

@@ -163,6 +163,81 @@ def test_statistics_of_awkward_tensors(stats_path):
     assert math.isnan(m.mean) and h.counts.sum() == 0
 
 
+
+def _histc(values: torch.Tensor, hist) -> torch.Tensor:
+    """torch.histc on the CPU over the histogram's own range: the reference every path must equal exactly."""
+    return torch.histc(values.detach().float().cpu().reshape(-1), len(hist.counts), hist.lo, hist.hi)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_histograms_equal_histc_exactly(family, stats_path):
+    """Every piece's counts (fused QKV parts, tied weights once) and a group's counts are torch.histc's
+    to the last value, on every path; before, a value within a rounding of a bin edge could move a bin."""
+    model = sharp(tiny(family))
+    inv = A.parameter_stats(model)
+    binned = 0
+    for piece, hist in zip(inv.pieces, inv.histograms):
+        if hist is None:
+            continue
+        x = piece.tensor(model)
+        assert torch.equal(hist.counts, _histc(x, hist)), piece.name
+        binned += 1
+    assert binned == sum(p.tied_to is None for p in inv.pieces)
+    idx = inv.select(kind="attention Q")
+    group = inv.group_histogram(idx)
+    every = torch.cat([inv.pieces[i].tensor(model).detach().reshape(-1) for i in idx])
+    assert torch.equal(group.counts, _histc(every, group))
+
+
+def test_counts_at_chosen_edges_equal_numpy_and_histc(stats_path):
+    """Values exactly on every bin edge (some twice), zeros, the minimum and the maximum (three times) and a
+    constant tensor: counts equal numpy's and histc's exactly, the maximum in the last bin. The edges are
+    exact binary fractions here, so float32 arithmetic and numpy's float64 agree. Values one float32 step
+    beside each edge are binned as histc bins them (its float32 ``x − lo`` can round such a value onto
+    the edge, where numpy, in float64, keeps it beside)."""
+    bins = 64
+    edges = torch.linspace(-1.0, 1.0, bins + 1)  # k / 32 − 1: exact in float32
+    on = torch.cat([edges, edges[:9], torch.zeros(5), torch.tensor([1.0, 1.0])])
+    beside = torch.cat([torch.nextafter(edges, torch.tensor(2.0))[:-1], torch.nextafter(edges, torch.tensor(-2.0))[1:]])
+    shuffle = torch.Generator().manual_seed(0)
+    for tensors, nbins in (([on], bins), ([on], 128), ([(on[on >= 0] * 300).round()], 300), ([torch.arange(6.0)], 5)):
+        t = tensors[0][torch.randperm(len(tensors[0]), generator=shuffle)]
+        (m, h), = A._summaries([t], nbins)
+        assert (m.lo, m.hi) == (t.min().item(), t.max().item()) and (h.lo, h.hi) == (m.lo, m.hi)
+        ref, _ = np.histogram(t.double().numpy(), bins=nbins, range=(m.lo, m.hi))
+        assert h.counts.tolist() == ref.tolist() == _histc(t, h).tolist(), nbins
+        assert h.counts[-1] == ref[-1] > 0
+    both = torch.cat([on, beside])[torch.randperm(len(on) + len(beside), generator=shuffle)]
+    (m, h), = A._summaries([both], bins)
+    assert torch.equal(h.counts, _histc(both, h)) and h.counts.sum() == len(both)
+    (m, h), = A._summaries([torch.full((1000,), 0.3)], bins)
+    assert h.counts.max() == 1000 == h.counts.sum() and (h.lo, h.hi) == (m.lo - 0.5, m.hi + 0.5)
+    assert torch.equal(h.counts, _histc(torch.full((1000,), 0.3), h))
+
+
+def test_bin_index_is_histc_s_near_every_edge():
+    """The CPU's vectorised bin index against histc on values one to three float32 steps from every edge,
+    over ranges of many scales and both bin-count paths (one division for powers of two, else two steps)."""
+    g = torch.Generator().manual_seed(3)
+    for trial in range(300):
+        bins = (128, 64, 100, 300, 7)[trial % 5]
+        lo = float(torch.randn(1, generator=g)) * 10.0 ** int(torch.randint(-4, 2, (1,), generator=g))
+        hi = lo + abs(float(torch.randn(1, generator=g))) * 10.0 ** int(torch.randint(-4, 2, (1,), generator=g))
+        lo, hi = torch.tensor([lo, hi]).tolist()  # float32 values, as a tensor's min and max are
+        if not hi > lo:
+            continue
+        e = torch.linspace(lo, hi, bins + 1, dtype=torch.float64).float()
+        near = [e]
+        for direction in (float("inf"), float("-inf")):
+            v = e
+            for _ in range(3):
+                v = torch.nextafter(v, torch.tensor(direction))
+                near.append(v)
+        x = torch.cat(near + [torch.tensor([lo, hi])])
+        x = x[(x >= lo) & (x <= hi)]
+        raw = A._bin(x, bins, lo, hi, A._Scratch(len(x), x.device))
+        assert torch.equal(A._fold([raw], bins).float(), torch.histc(x, bins, lo, hi)), (bins, lo, hi)
+
 @pytest.mark.real_model
 def test_smollm2_statistics_match_numpy(smollm2):
     """The default model's own weights, over many blocks: the embedding (28M values), a norm (values near 1)
