@@ -187,8 +187,9 @@ LENS_TOP_K = 5
 #: Token positions (columns) the logit-lens view decodes and shows at once; the rest are decoded when the
 #: user pages to them or selects a token there. Each column is L·d·V multiply-adds, 6.3/n of a forward
 #: over n tokens on SmolLM2, and the reductions add 35-60% on a CPU: 3 columns are 3 × 6.3 / 128 = 0.15
-#: of a forward at 128 tokens in multiply-adds; the lens and attribution views measured 0.20-0.33 × a
-#: forward (one thread, loaded shared 2-core CPU; 0.08 at 512 tokens), 4 columns 0.25-0.36, 6 ~0.4.
+#: of a forward at 128 tokens in multiply-adds; the lens and attribution views measured 0.23 (0.18-0.29)
+#: × a forward with LENS_BLOCK_TOKENS blocks, 0.30 with 2 MB ones (one thread, loaded shared 2-core CPU;
+#: 0.06-0.08 at 512 tokens); with 2 MB blocks 4 columns measured 0.25-0.36, 6 ~0.4.
 #: Columns of ≤ 150 px show each cell's top token as text.
 LENS_WINDOW = 3
 

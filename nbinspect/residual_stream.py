@@ -183,10 +183,11 @@ def logit_lens(trace, *, k: int = 5, target: int | None = None, positions=None) 
     """Decode the residual stream after every block through the final norm and unembedding.
 
     Batched unembeddings of ``codecs.LENS_CHUNK_ROWS`` layer × position residuals at a time, one block of
-    the vocabulary at a time (``codecs.LENS_BLOCK_MAX_BYTES`` of logits): top-k, the softmax sums, entropy,
-    KL and the target's probability and rank are reduced on the device block by block (an online softmax),
-    so no ``[layers, positions, vocab]`` tensor is ever made, and the reductions read each block while it
-    is still in cache. ``target``: a token id (default: the trace's target token, when it has one).
+    the vocabulary at a time (``codecs.LENS_BLOCK_MAX_BYTES`` of logits, on a CPU at most
+    ``codecs.LENS_BLOCK_TOKENS`` entries): top-k, the softmax sums, entropy, KL and the target's probability
+    and rank are reduced on the device block by block and the blocks' sums combined once at the end, so no
+    ``[layers, positions, vocab]`` tensor is ever made, and the reductions read each block while it is
+    still in cache. The path is :func:`decode_residuals` (also a generation step's lens). ``target``: a token id (default: the trace's target token, when it has one).
     ``positions``: the token positions to decode (ints, negative from the end; default: all of them).
     Each column costs ``L·d·V`` multiply-adds (6.3× a forward's per token on SmolLM2), so views decode
     only the columns they show; the columns come back in the order asked, named by ``.positions``.
