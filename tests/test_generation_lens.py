@@ -6,6 +6,7 @@ projection gives another distribution at the last layer than the one the model d
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny_models import CharTokenizer, tiny
 
@@ -59,3 +60,24 @@ def test_generation_lens_and_trace_lens_are_one_computation():
     lens_ids, lens_p, chosen = gen.logit_lens(0, k=5)
     assert torch.equal(lens_ids[-1], lens.top_ids[-1, 0])
     torch.testing.assert_close(chosen, lens.target_prob[:, 0], rtol=0, atol=5e-4)
+
+
+@pytest.mark.parametrize("family", ["cohere", "granite"])
+def test_generation_lens_applies_the_models_logit_scaling(family):
+    # Cohere multiplies its logits by logit_scale, Granite divides them by logits_scaling, after the head.
+    model = tiny(family)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40.0)  # logits large enough for a scale to change the softmax
+    gen = start_generation(model, CharTokenizer(), PROMPT, 2, background=False)
+    prompt = gen.prompt_ids.shape[1]
+    for index, step in enumerate(gen.steps):
+        ids = torch.tensor([gen.ids[: prompt + index]])
+        with torch.no_grad():
+            p = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().softmax(-1)
+            unscaled = model.lm_head(model.model.norm(step.residual[-1].float())).softmax(-1)
+        lens_ids, lens_p, chosen = gen.logit_lens(index, k=5)
+        top = p.topk(5)
+        assert torch.equal(lens_ids[-1], top.indices)
+        torch.testing.assert_close(lens_p[-1], top.values, rtol=0, atol=1e-3)
+        assert abs(float(chosen[-1]) - float(p[step.token])) < 1e-3
+        assert float((unscaled[top.indices] - top.values).abs().max()) > 2e-2  # what the head alone gives
