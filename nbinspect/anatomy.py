@@ -358,7 +358,7 @@ def _f32(v: float) -> float:
 def _scalar(v: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A 0-d float32 tensor: as an operand it costs a quarter of what a Python number does to wrap (~2 µs
     instead of ~8 µs an operation, which adds up over a few thousand blocks) and rounds the same."""
-    return torch.tensor(v, dtype=torch.float32, device=device)
+    return torch.full((), v, dtype=torch.float32, device=device)
 
 
 @functools.lru_cache(maxsize=64)
