@@ -225,6 +225,8 @@ class capture:
         self._handles: list = []
         self._listening = None
         self._token_shapes: dict[int, torch.Size] = {}  # layer -> [batch, position], where an MLP flattens them
+        # Block outputs kept without a copy, with their version counters as stored: checked at the end.
+        self._kept: list[tuple[str, int, torch.Tensor, int]] = []
 
     # --- checking the request -------------------------------------------------------------
     def _layers_of(self, kind: str, request: Request | None) -> tuple[Request, list[int]] | None:
@@ -279,7 +281,23 @@ class capture:
 
     def __exit__(self, *exc) -> bool:
         self._remove()
+        if exc[0] is None:
+            self._check_kept()
+        self._kept = []
         return False
+
+    def _check_kept(self) -> None:
+        """Block outputs kept without a copy must not have changed since: a family that changes them in
+        place (which a newer transformers might do) is copied from now on, and this run says so."""
+        changed = [(kind, layer) for kind, layer, tensor, version in self._kept if tensor._version != version]
+        if changed:
+            self.adapter.outputs_changed()
+            kind, layer = changed[0]
+            raise RuntimeError(
+                f"this {self.adapter.family!r} model changed its {kind.replace('_out', '')} output of layer {layer} in "
+                "place after returning it, so what was recorded is not what the block wrote. nbinspect copies these "
+                "outputs for this family from now on: run the same call again."
+            )
 
     def _install(self) -> None:
         a, hook = self.adapter, self._handles.append
@@ -413,13 +431,17 @@ class capture:
         return a.part(layer, "neurons") if a.has_part(layer, "neurons") else a.part(layer, "mlp")
 
     def _on_block_output(self, kind: str, layer: int, request: Request):
-        store = self._store(kind, layer, request)
+        store, kept = self._store(kind, layer, request), self.adapter.outputs_kept_as_returned
 
         def on_output(module, args, output):
             out = _first(output)
             shape = self._unflattened(layer, out) if kind == "mlp_out" else None
-            # A copy: some blocks add to the returned tensor in place (Falcon: mlp_output += attention_output).
-            store((out if shape is None else out.reshape(shape)).detach().clone())
+            value = (out if shape is None else out.reshape(shape)).detach()  # shares the version counter
+            if kept:
+                self._kept.append((kind, layer, value, value._version))
+            else:  # some blocks add to the returned tensor in place (Falcon: mlp_output += attention_output)
+                value = value.clone()
+            store(value)
 
         return on_output
 

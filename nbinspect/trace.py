@@ -487,13 +487,13 @@ def _logits(output) -> torch.Tensor | None:
 
 
 def _check_finite(t: Trace, output) -> None:
-    logits = t.record.logits
-    if logits is not None and logits.dim() == 3:
+    logits, last = t.record.logits, t.record.residual.get(t.n_layers - 1)
+    if logits is not None and logits.dim() == 3 and last is not None:
         # The last layer's output at every position, and the logits at the target's position and the
         # last one: a weight that is not finite in the final norm or the head spoils every position's
         # logits, so these rows show it; the full [n, vocab] logits (25 MB at 128 tokens) are not read.
         rows = sorted({t.target.position % logits.shape[1], logits.shape[1] - 1})
-        checked = [t.record.residual[t.n_layers - 1].after, logits[:, rows]]
+        checked = [last.after, logits[:, rows]]
     else:
         final = logits if logits is not None else getattr(output, "last_hidden_state", None)
         checked = [] if final is None else [final]

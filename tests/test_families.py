@@ -254,6 +254,30 @@ def test_every_registered_view_builds_or_says_why(family, model):
         assert torch.equal(value, saved[name]), name
 
 
+def test_outputs_are_kept_without_a_copy_where_no_in_place_op_follows(family, model):
+    # Falcon's block adds the attention output into the MLP output in place; every other family here
+    # leaves them as returned (test_capture_matches_eager would fail: captures check version counters).
+    assert Adapter.of(model).outputs_kept_as_returned == (family != "falcon")
+
+
+def test_a_family_found_changing_its_outputs_in_place_is_refused_once_then_copied(monkeypatch):
+    from nbinspect import adapters
+
+    monkeypatch.setattr(adapters, "OUTPUTS_KEPT_AS_RETURNED", adapters.OUTPUTS_KEPT_AS_RETURNED | {"falcon"})
+    monkeypatch.setattr(adapters, "_OUTPUTS_CHANGED", set())
+    model = tiny("falcon")
+    adapter = Adapter.of(model)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="'falcon' model changed its mlp output of layer 0 in place"):
+        nbinspect.trace(model, CharTokenizer(), "hello world", gradients=False)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    t = nbinspect.trace(model, CharTokenizer(), "hello world", gradients=False)  # copied from now on
+    with torch.no_grad():
+        for i in range(adapter.n_layers):
+            torch.testing.assert_close(t.record.mlp_out[i], adapter.part(i, "neurons")(t.record.neurons[i]), rtol=0, atol=TOL)
+
+
 def test_soft_capped_scores_equal_gemma2_eager():
     """Under an implementation that returns no weights (flex, flash), soft-capped scores are recomputed as eager does."""
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
