@@ -20,7 +20,10 @@ Prints one line per figure, ``name value unit``, for N = 128 and 512 tokens:
   linked to an attention view is moved one step with the keyboard, as a person would; until both the
   prediction panel and the attention view have painted the new run (median of a few moves).
 * ``slider_repaint_ms_512`` — the same in the dashboard (gradients included): until every view (attention,
-  neurons, gradient strip) and the panel have painted the edited trace.
+  neurons, gradient strip, logit attribution, block writes) and the panel have painted the edited trace.
+* ``slider_repaint_overhead_ms_512`` (and ``slider_to_repaint_overhead_ms_N``) — in the same moves, the repaint
+  time minus the compute time the panel itself reports for that run: messages, the views' new payloads and
+  their painting. The goal says this is at most 50 ms; ``slider_repaint_over_own_compute_512`` is the ratio.
 * ``edit_compute_ms_512`` — what that move costs in Python: ``trace.with_edits`` (layers ≥ L, the head and the
   backward), and ``slider_repaint_over_compute_512``, the first ÷ the second (goal: repaint ≤ compute + 50 ms).
 Medians of a few repeats; no assertions. Runs on CUDA when available (figures then say so).
@@ -152,7 +155,7 @@ SLIDER_FOCUS = """([k]) => {
   input.scrollIntoView();
   input.focus();
   const marks = { pred: node.querySelector(".nbi-pred").dataset.painted || "0" };
-  for (const cls of ["nbi-attn", "nbi-neur", "nbi-grad"]) {
+  for (const cls of ["nbi-attn", "nbi-neur", "nbi-grad", "nbi-dla", "nbi-bw"]) {
     const v = node.querySelector("." + cls);
     if (v) marks[cls] = cls === "nbi-attn" ? v.dataset.thumbsDrawnAt || "" : v.dataset.drawnAt || "";
   }
@@ -166,9 +169,14 @@ SLIDER_REPAINTED = """async ([k]) => {
   const pred = node.querySelector(".nbi-pred"), marks = window.__nbiMarks;
   const stamp = (cls) => { const v = node.querySelector("." + cls); return cls === "nbi-attn" ? v.dataset.thumbsDrawnAt || "" : v.dataset.drawnAt || ""; };
   const views = Object.keys(marks).filter((c) => c !== "pred");
-  while (+(pred.dataset.painted || 0) <= +marks.pred || views.some((c) => stamp(c) === marks[c]))
+  const waiting = () => [+(pred.dataset.painted || 0) <= +marks.pred ? ["pred"] : [], views.filter((c) => stamp(c) === marks[c])].flat();
+  // A view that never repaints is a failure to report, not a reason to hang the benchmark.
+  while (waiting().length) {
+    if (performance.now() - window.__nbiT0 > 120000) throw new Error("not repainted after 120 s: " + waiting().join(", "));
     await new Promise((r) => setTimeout(r, 2));
-  return Math.max(+pred.dataset.paintedAt, ...views.map((c) => +stamp(c))) - window.__nbiT0;
+  }
+  // [key press -> last view painted, the run's own compute time as the panel reports it]
+  return [Math.max(+pred.dataset.paintedAt, ...views.map((c) => +stamp(c))) - window.__nbiT0, +pred.dataset.computeMs];
 }"""
 
 
@@ -213,14 +221,18 @@ def browser_figures(tokenizer) -> None:
                 "(k) => { const n = window.jupyterapp.shell.currentWidget.content.widgets[k].node; return n.querySelector('.nbi-pred')?.dataset.painted && n.querySelector('.nbi-attn')?.dataset.painted; }",
                 arg=k, timeout=180_000,
             )
-            times = []
+            times, overheads = [], []
             for _ in range(REPEATS):
                 page.evaluate(SLIDER_FOCUS, [k])
                 page.keyboard.press("ArrowLeft")  # one step of the head-scale slider: a new edit
-                times.append(page.evaluate(SLIDER_REPAINTED, [k]))
+                repaint, compute = page.evaluate(SLIDER_REPAINTED, [k])
+                times.append(repaint)
+                overheads.append(repaint - compute)
                 page.wait_for_function(idle, timeout=180_000)
             print(f"{name} {statistics.median(times):.1f} ms", flush=True)
-        return statistics.median(times)
+            # Everything but the run itself, in the same move: messages, the views' payloads, painting.
+            print(f"{name.replace('_ms_', '_overhead_ms_')} {statistics.median(overheads):.1f} ms", flush=True)
+        return statistics.median(times), statistics.median(overheads)
 
 
 def edit_compute_ms(model, tokenizer) -> float:
@@ -248,8 +260,10 @@ def main() -> None:
     compute = edit_compute_ms(model, tokenizer)
     print(f"edit_compute_ms_512 {compute:.1f} ms", flush=True)
     if os.environ.get("NBINSPECT_BENCH_BROWSER", "1") == "1":
-        repaint = browser_figures(tokenizer)
+        repaint, overhead = browser_figures(tokenizer)
         print(f"slider_repaint_over_compute_512 {repaint / compute:.3f} ratio")
+        # The goal (repaint <= compute + 50 ms) in the same move, so load on a shared machine cancels out.
+        print(f"slider_repaint_over_own_compute_512 {repaint / (repaint - overhead):.3f} ratio")
     print(f"bench_wall_s {time.perf_counter() - started:.0f} s")
 
 

@@ -149,6 +149,7 @@ async function render({ model, el: host }) {
       `on average a block's two writes together are ${((100 * ratio) / Math.max(L, 1)).toFixed(0)}% of the stream's norm: ` +
       "the skip path carries the signal, each block adds an update.";
     Object.assign(norms.dataset, { left: PAD.l, width: W - PAD.l - PAD.r, layers: L });
+    if (L) root.dataset.drawnAt = String(performance.now()); // for benchmarks: data on screen
     if (!painted && L) {
       painted = true;
       model.set("painted", get("painted") + 1);

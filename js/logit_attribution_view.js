@@ -177,6 +177,7 @@ async function render({ model, el: host }) {
       (badges ? `\nbadges (score ≥ ${+get("badge_threshold").toPrecision(2)}): P previous-token · I induction · D duplicate-token · S first-token (sink)` : "");
     root.dataset.layer = String(L);
     root.dataset.head = String(H);
+    root.dataset.drawnAt = String(performance.now()); // for benchmarks: data on screen
     const key = `${get("shown_target")},${get("logit")},${badges ? 1 : 0}`;
     if (paintedKey !== key) {
       paintedKey = key;

@@ -184,6 +184,7 @@ async function render({ model, el: host, host: anywidgetHost }) {
     // For automation: how many summaries this view has painted, and when the last one was.
     root.dataset.painted = String(model.get("painted"));
     root.dataset.paintedAt = String(performance.now());
+    root.dataset.computeMs = String(s.compute_ms ?? ""); // what Python spent on the run itself
   };
   const paintBusy = () => root.classList.toggle("is-busy", !!model.get("busy"));
 
