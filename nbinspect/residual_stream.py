@@ -550,6 +550,10 @@ def block_writes(trace) -> BlockWrites:
     # An edited trace holds its parent's very tensors for the layers before the first one it re-ran
     # (Trace.edit), so their rows are the parent's too: a slider edit computes only the layers it changed.
     start, shared = _parent_rows(trace, "block_writes")
+    # One pass per norm and per dot product (cosines from the norms at hand; torch.cosine_similarity
+    # would take the norms again), and a block's input norm is the previous block's output norm
+    # whenever the two are the same tensor: ~2.5x fewer passes over the stream.
+    previous = None  # (the previous block's output, its norm)
     with torch.no_grad():
         for l, r in enumerate(residual):
             if l < start:
@@ -557,19 +561,35 @@ def block_writes(trace) -> BlockWrites:
             before = r.before[0].float()
             attn = record.attention_out[l][0].to(before.device).float()
             mlp = record.mlp_out[l][0].to(before.device).float()
-            mid = before if parallel else before + attn
-            rows["stream_in"].append(before.norm(dim=-1))
-            rows["stream_out"].append(r.after[0].float().norm(dim=-1).to(before.device))
-            rows["attention"].append(attn.norm(dim=-1))
-            rows["mlp"].append(mlp.norm(dim=-1))
-            rows["cos_attention"].append(torch.cosine_similarity(attn, before, dim=-1))
-            rows["cos_mlp"].append(torch.cosine_similarity(mlp, mid, dim=-1))
+            n_before = previous[1] if previous is not None and _same(previous[0], r.before) else before.norm(dim=-1)
+            n_after = r.after[0].float().norm(dim=-1).to(before.device)
+            n_attn, n_mlp = attn.norm(dim=-1), mlp.norm(dim=-1)
+            mid, n_mid = (before, n_before) if parallel else (before + attn, None)
+            n_mid = mid.norm(dim=-1) if n_mid is None else n_mid
+            rows["stream_in"].append(n_before)
+            rows["stream_out"].append(n_after)
+            rows["attention"].append(n_attn)
+            rows["mlp"].append(n_mlp)
+            rows["cos_attention"].append(_cosine(torch.linalg.vecdot(attn, before), n_attn, n_before))
+            rows["cos_mlp"].append(_cosine(torch.linalg.vecdot(mlp, mid), n_mlp, n_mid))
+            previous = (r.after, n_after)
     device = rows["stream_in"][0].device if rows["stream_in"] else shared.stream_in.device
     out = {k: torch.stack([t.to(device) for t in v]) if v else None for k, v in rows.items()}
     if start > 0:
         out = {k: getattr(shared, k)[:start] if v is None else torch.cat([getattr(shared, k)[:start], v]) for k, v in out.items()}
     codecs.check_finite(out["stream_out"].amax(), "the residual stream")
     return BlockWrites(**out)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two recorded tensors are views of the very same values (a block's output and the next
+    block's input: the capture keeps a detached view of each, not one object)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+def _cosine(dot: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosines from dot products and norms, as torch.cosine_similarity clamps them (0 for a zero vector)."""
+    return dot / (norm_a.clamp_min(eps) * norm_b.clamp_min(eps))
 
 
 def _parent_rows(trace, key: str) -> tuple[int, Any]:

@@ -195,6 +195,13 @@ def test_block_writes(family):
     assert torch.allclose(bw.attention[1], rec.attention_out[1][0].norm(dim=-1), atol=1e-6)
     before = rec.residual[2].before[0]
     assert torch.allclose(bw.cos_attention[2], torch.cosine_similarity(rec.attention_out[2][0], before, dim=-1), atol=1e-6)
+    for l in range(3):  # every row against torch's own norms and cosines
+        r, attn, mlp = rec.residual[l], rec.attention_out[l][0], rec.mlp_out[l][0]
+        mid = r.before[0] if family == "gpt_neox" else r.before[0] + attn
+        torch.testing.assert_close(bw.stream_in[l], r.before[0].norm(dim=-1), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(bw.stream_out[l], r.after[0].norm(dim=-1), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(bw.cos_attention[l], torch.cosine_similarity(attn, r.before[0], dim=-1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(bw.cos_mlp[l], torch.cosine_similarity(mlp, mid, dim=-1), rtol=0, atol=1e-6)
     assert bool((bw.cos_mlp.abs() <= 1 + 1e-6).all())
     assert bw.mean("mlp").shape == (3,)
 
@@ -206,8 +213,8 @@ def test_an_edited_trace_reuses_its_parents_block_writes_before_the_edit_and_equ
     edited = parent.edit(nbinspect.ScaleHead(1, 0, 0.3))
     assert edited.from_layer == 1
     cosines = []
-    real = torch.cosine_similarity
-    monkeypatch.setattr(torch, "cosine_similarity", lambda *a, **k: cosines.append(1) or real(*a, **k))
+    real = torch.linalg.vecdot
+    monkeypatch.setattr(torch.linalg, "vecdot", lambda *a, **k: cosines.append(1) or real(*a, **k))
     reused = rs.block_writes(edited)
     assert len(cosines) == 2 * (edited.n_layers - 1)  # two per layer from the edited one on, none before
     monkeypatch.undo()
