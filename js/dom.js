@@ -1,14 +1,14 @@
 // Small DOM helpers shared by the views. Text always goes in through textContent: token strings are
 // untrusted and must never be parsed as HTML.
 
-/** Create `tag` with class `cls` (and text), appended to `parent` when given. */
 const CONTROLS = new Set(["input", "select", "textarea"]);
 
+/** Create `tag` with class `cls` (and text), appended to `parent` when given. */
 export function el(tag, cls, parent, text) {
   const e = document.createElement(tag);
   // Keys pressed in a control are the control's: JupyterLab's shortcuts listen on the document and
-  // cancel arrow keys (and act on letters and digits: "1" makes a heading), so without this a focused
-  // slider never moves with the keyboard and typing a number could edit the notebook.
+  // cancelled the arrow keys, so a focused slider never moved with the keyboard (other keys would
+  // reach the notebook's shortcuts as well).
   if (CONTROLS.has(tag)) e.addEventListener("keydown", (evt) => evt.stopPropagation());
   if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text;

@@ -48,6 +48,15 @@ NOTEBOOK_IDLE = """(name) => {
 }"""
 
 
+def notebook(*cells: str) -> str:
+    """The text of a notebook of these code cells, on the python3 kernel (for ``jupyterlab({name: ...})``)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    return nbformat.writes(nb)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,8 +8,6 @@ must not; on the attribution grid each typed head's cell gets its letter, and no
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 NOTEBOOK = """
@@ -114,12 +112,9 @@ def test_head_type_badges_of_smollm2_at_the_default_threshold(artifacts):
 
 
 def _badges_in_jupyterlab(artifacts, code: str, shape: tuple[int, int], name: str, *, median_threshold: bool):
-    import nbformat
-    from lab import chromium, js_wait, jupyterlab, open_notebook, py, run_all, wait_idle_after_run
+    from lab import chromium, js_wait, jupyterlab, notebook, open_notebook, py, run_all, wait_idle_after_run
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    with jupyterlab({"badges.ipynb": json.dumps(nb)}) as (url, _), chromium() as browser:
+    with jupyterlab({"badges.ipynb": notebook(code)}) as (url, _), chromium() as browser:
         page = open_notebook(browser, url, "badges.ipynb")
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -450,14 +450,9 @@ display(lens, dla, bw, att)
 
 @pytest.mark.browser
 def test_views_in_jupyterlab_click_a_head_and_pick_a_target(artifacts):
-    import json
+    from lab import chromium, jupyterlab, kernel, notebook, open_notebook, run_all, wait_idle_after_run
 
-    import nbformat
-    from lab import chromium, jupyterlab, kernel, open_notebook, run_all, wait_idle_after_run
-
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(LAB_NOTEBOOK)],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    with jupyterlab({"residual_lab.ipynb": json.dumps(nb)}) as (url, _), chromium() as browser:
+    with jupyterlab({"residual_lab.ipynb": notebook(LAB_NOTEBOOK)}) as (url, _), chromium() as browser:
         page = open_notebook(browser, url, "residual_lab.ipynb")
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -122,20 +122,26 @@ def norm_chart_template(n_layers: int) -> alt.LayerChart:
     return alt.layer(shade, flag_rules, lines, points, click).properties(width=560, height=240)
 
 
-_templates: dict[int, dict] = {}  # n_layers -> the template's spec (read-only: specs share its parts)
+# n_layers -> (the template chart, its Vega-Lite spec), made once per depth; read-only (specs share parts).
+_templates: dict[int, tuple[alt.LayerChart, dict]] = {}
+
+
+def _template(n_layers: int) -> tuple[alt.LayerChart, dict]:
+    if n_layers not in _templates:
+        chart = norm_chart_template(n_layers)
+        _templates[n_layers] = chart, chart.to_dict()
+    return _templates[n_layers]
 
 
 def norm_chart_spec(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> dict:
     """The Vega-Lite spec of the norms chart: the template's spec with this trace's data and title."""
-    if n_layers not in _templates:
-        _templates[n_layers] = norm_chart_template(n_layers).to_dict()
     by_layer: dict[int, dict] = {i: {"layer": i} for i in range(n_layers)}
     for r in rows:
         if 0 <= r["layer"] < n_layers:
             by_layer[r["layer"]][r["part"]] = r["norm"]
     subtitle = f"▼ vanishing / ▲ exploding: a layer more than ×{FLAG_RATIO:g} below / above the median layer · click a layer to select it"
     return {
-        **_templates[n_layers],
+        **_template(n_layers)[1],
         "title": {"text": title, "subtitle": subtitle},
         "datasets": {
             "norms": [r for r in rows if r["norm"] > 0],  # log scale: no zeros
@@ -207,7 +213,7 @@ class GradientView(View):
         n_layers = trace.adapter.n_layers
         super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()},
                          layered={k: [low, n_layers - 1] for k, low in LAYERED.items()}, **kwargs)
-        self.chart = alt.JupyterChart(norm_chart_template(n_layers), embed_options={"renderer": "canvas", "actions": False})
+        self.chart = alt.JupyterChart(_template(n_layers)[0], embed_options={"renderer": "canvas", "actions": False})
         self.chart.spec = self._chart_spec(trace)
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
         self.selection.observe(self._layer_moved, ["layer"])
