@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 
 import pytest
 import torch
@@ -82,9 +83,40 @@ def test_parts_are_found(family, model):
     assert adapter.is_causal == (family not in ENCODERS)
     assert (adapter.router_layers() != []) == (family in MOE_FAMILIES)
     assert adapter.embedding() is model.get_input_embeddings()
-    assert adapter.uses_attention_interface() == (family not in ("bloom", "falcon", "gpt_neo"))
     weight, _ = adapter.output_projection(0)
     assert weight.shape == (32, adapter.n_heads * adapter.head_dim)
+
+
+def test_uses_attention_interface_says_what_the_forward_does(family, model):
+    """Whether a family's attention goes through transformers' registry changes between releases (Falcon's
+    did in 5.25), so this watches a forward instead of naming families: a counting entry under the model's
+    implementation name must be called by every attention layer exactly when the adapter says so."""
+    from nbinspect._attention_hook import ALL_ATTENTION_FUNCTIONS, implementation_of
+
+    adapter = Adapter.of(model)
+    name = implementation_of(model)
+    local = ALL_ATTENTION_FUNCTIONS._local_mapping
+    had, previous = name in local, local.get(name)
+    original = previous if had else ALL_ATTENTION_FUNCTIONS._global_mapping.get(name)
+    called = set()
+
+    def counting(module, *args, **kwargs):
+        called.add(id(module))
+        own = original or sys.modules[type(module).__module__].eager_attention_forward
+        return own(module, *args, **kwargs)
+
+    local[name] = counting
+    try:
+        with torch.no_grad():
+            model(**_kwargs(model))
+    finally:
+        if had:
+            local[name] = previous
+        else:
+            local.pop(name, None)
+    through_registry = {id(adapter.attention(i)) for i in range(adapter.n_layers)} <= called
+    assert adapter.uses_attention_interface() == through_registry
+    assert through_registry or not called  # all layers or none: a family does not mix the two
 
 
 def test_capture_matches_eager(family, model):
