@@ -23,6 +23,8 @@ projection's name; ``classify`` holds that small table.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import copy
 import functools
 import math
@@ -286,8 +288,9 @@ class Moments:
 #: block by block, and each block is summed, centred, squared, dotted, binned and compared with the
 #: near-zero threshold while it is in cache. Smaller blocks pay the ~2 µs each operation costs to launch
 #: more often: SmolLM2's parameter_stats, one thread, CPU time, best of 6 on a shared 2-core machine:
-#: 64K 0.72 s, 128K 0.60 s, 256K 0.59 s. With several threads each operation splits the block between
-#: them, so the block grows with the threads and each core keeps the same share in its own cache.
+#: 64K 0.72 s, 128K 0.60 s, 256K 0.59 s. The statistics give each of our threads whole tensors
+#: (``_cpu_parallel``), a block each; one histogram over a group splits each operation between torch's
+#: threads instead, so its block grows with the threads and each core keeps the same share in cache.
 _CPU_BLOCK = 1 << 17
 #: Elements stacked into one batch on an accelerator (a float32 copy of 256 MB, int64 bin indices 512 MB):
 #: tensors of one size are binned together so that the cost is a few dozen kernel launches per size, not
@@ -452,6 +455,8 @@ def _blocked(x: torch.Tensor, bins: int, histograms: bool, step: int,
             inverse[m] = _scalar(1.0 / m, x.device)
         shift = total * inverse[m]  # near the block's mean: any value near it serves (see _central)
         buf = scratch.of(m)
+        # Centring also copies the block to an aligned buffer: weights loaded from safetensors can sit 8
+        # bytes off a 64-byte boundary, and MKL's dot on such a tensor measured ~4x slower (SmolLM2).
         d = torch.sub(c, shift, out=buf.d)
         d2 = torch.mul(d, d, out=buf.d2)
         # dots fuse a multiply and a sum; over a block of 10⁵–10⁶ values a float32 dot stays within ~10⁻⁶–10⁻⁵
@@ -506,6 +511,46 @@ def _stacked(xs: list[torch.Tensor], bins: int, histograms: bool) -> tuple[torch
     return rows, counts.view(R, bins).double()
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch's intra-op threads set to one while our own threads share the cores (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cpu_parallel(flats: list[torch.Tensor], idx: list[int], workers: int, bins: int, histograms: bool,
+                  rows: list, counts: list) -> None:
+    """``_blocked`` on CPU tensors, shared out by size among ``workers`` threads of one torch thread each.
+
+    Splitting each operation between torch's threads gains little here: a block's ~15 operations cost
+    ~20 µs each, and their launch and join are a good part of it (bincount does not split at all).
+    Whole tensors per thread keep both cores busy: torch releases the GIL inside every operation.
+    SmolLM2's statistics on 2 cores, wall, both ways alternated in one process: 606–625 ms with torch's
+    two threads, 517–529 ms this way."""
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for i in sorted(idx, key=lambda i: -flats[i].numel()):  # largest first: the shares come out even
+        w = loads.index(min(loads))
+        shares[w].append(i)
+        loads[w] += flats[i].numel()
+
+    def work(share: list[int]) -> None:
+        scratch = None  # allocated for the largest tensor of the share, which comes first
+        for i in share:
+            step = min(_CPU_BLOCK, flats[i].numel())
+            if scratch is None or len(scratch.d) < step:
+                scratch = _Scratch(step, flats[i].device)
+            rows[i], counts[i] = _blocked(flats[i], bins, histograms, step, scratch)
+
+    with _one_torch_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(work, share) for share in shares]:
+            done.result()  # an exception in a worker is raised here
+
+
 def _summaries(tensors: list[torch.Tensor], bins: int, histograms: bool = True) -> list[tuple[Moments, Histogram | None]]:
     """Moments (and, with ``histograms``, counts in ``bins`` over its own range) of each tensor, on its device.
 
@@ -526,16 +571,23 @@ def _summaries(tensors: list[torch.Tensor], bins: int, histograms: bool = True) 
             buf = scratch[x.device] = _Scratch(step, x.device)
         return _blocked(x, bins, histograms, step, buf)
 
+    on_cpu = []
     for i, x in enumerate(flats):
         n = x.numel()
         if n == 0:
             continue
         if x.device.type == "cpu" and not _STACK_ON_CPU:
-            rows[i], counts[i] = blocked(x, _cpu_step())
+            on_cpu.append(i)
         elif n > _DEVICE_BATCH:
             rows[i], counts[i] = blocked(x, _DEVICE_BLOCK)
         else:
             groups.setdefault((x.device, n), []).append(i)
+    workers = min(torch.get_num_threads(), len(on_cpu))
+    if workers > 1:
+        _cpu_parallel(flats, on_cpu, workers, bins, histograms, rows, counts)
+    else:
+        for i in on_cpu:
+            rows[i], counts[i] = blocked(flats[i], _cpu_step())
     for (_, n), idx in groups.items():
         per = max(1, _DEVICE_BATCH // n)
         for start in range(0, len(idx), per):

@@ -90,6 +90,8 @@ def test_rotary_read_from_config_and_absent_where_positions_are_learned():
 PATHS = {
     "blocks": {},
     "many blocks": {"_CPU_BLOCK": 1000},
+    "one thread": {"threads": 1},  # the tensors in turn, each split between torch's threads (here one)
+    "three threads": {"threads": 3, "_CPU_BLOCK": 1000},  # tensors shared out among our own threads
     "stacked": {"_STACK_ON_CPU": True},
     "stacked chunks": {"_STACK_ON_CPU": True, "_DEVICE_BATCH": 3000},
 }
@@ -97,9 +99,37 @@ PATHS = {
 
 @pytest.fixture(params=list(PATHS))
 def stats_path(request, monkeypatch):
+    previous = torch.get_num_threads()
     for name, value in PATHS[request.param].items():
-        monkeypatch.setattr(A, name, value)
-    return request.param
+        if name == "threads":
+            torch.set_num_threads(value)
+        else:
+            monkeypatch.setattr(A, name, value)
+    yield request.param
+    assert torch.get_num_threads() == PATHS[request.param].get("threads", previous)  # ours were undone
+    torch.set_num_threads(previous)
+
+
+def test_threads_are_given_back_when_a_tensor_fails(monkeypatch):
+    """The CPU statistics run on our own threads with torch's set to one; an error in any of them reaches
+    the caller and torch's thread count is restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    real, seen = A._blocked, []
+
+    def failing(x, *args):
+        seen.append(torch.get_num_threads())
+        if x.numel() == 7:
+            raise RuntimeError("this tensor fails")
+        return real(x, *args)
+
+    monkeypatch.setattr(A, "_blocked", failing)
+    try:
+        with pytest.raises(RuntimeError, match="this tensor fails"):
+            A._summaries([torch.randn(100), torch.randn(7), torch.randn(50)], 16)
+        assert torch.get_num_threads() == 2 and seen and set(seen) == {1}
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
