@@ -44,6 +44,8 @@ class Model {
       this.dirty.add(k);
       changed.push(k);
     }
+    // What this set changed, as Backbone keeps it: some handlers (altair's) read it from the model.
+    this.changed = Object.fromEntries(changed.map((k) => [k, this.state[k]]));
     for (const k of changed) this.trigger(`change:${k}`, this, this.state[k]);
     if (changed.length) this.trigger("change", this);
   }

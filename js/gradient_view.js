@@ -2,7 +2,7 @@
 // strip: the input tokens coloured by attribution, a method switch, a layer slider for the methods with a
 // value per layer (relevance, rollout, flow) and the vanishing/exploding flags.
 // Pairs with nbinspect/views/gradient_view.py. Canvas only; token text via fillText/textContent.
-import { renderChild } from "./children.js";
+import { childModel, renderChild } from "./children.js";
 import { float32sOf } from "./codecs.js";
 import { fitText, sizeCanvas } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
@@ -44,11 +44,30 @@ function colour(v, scale, signed) {
   return `rgb(${mix(r)}, ${mix(g)}, ${mix(b)})`;
 }
 
+/**
+ * altair draws a chart from the spec it was made with. Python gives a shown chart a slider edit's norms
+ * as updates of its datasets and title (`_py_to_js_updates`), which reach only charts already drawn; a
+ * chart drawn later (the view shown again, a saved page) is given them here, as they last arrived.
+ */
+async function replayChartUpdates(model, ref) {
+  let chart;
+  try {
+    chart = await childModel(model, ref);
+  } catch {
+    return; // a host that draws the child itself (marimo) holds no model to replay on
+  }
+  const updates = chart.get("_py_to_js_updates");
+  if (!Array.isArray(updates) || !updates.length) return;
+  chart.set("_py_to_js_updates", []); // altair applies this trait only when it changes
+  chart.set("_py_to_js_updates", updates);
+}
+
 async function render({ model, el: host, host: anywidgetHost }) {
   const sel = await bindSelection(model);
   METHODS = model.get("methods") || {};
   const chartBox = el("div", "nbi-grad-chart", host);
   const chartCleanup = model.get("chart") ? await renderChild(model, model.get("chart"), chartBox, anywidgetHost) : () => {};
+  if (model.get("chart")) await replayChartUpdates(model, model.get("chart"));
   const root = el("div", "nbi-grad", host);
   exportButtons(root, "nbinspect-gradient");
   el("style", null, root).textContent = CSS;

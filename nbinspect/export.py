@@ -189,10 +189,22 @@ def _chart_of(view) -> dict | None:
     except ImportError:  # pragma: no cover - altair is a dependency
         return None
     if isinstance(view, alt.JupyterChart):
-        return view.spec
+        return _shown_spec(view)
     if isinstance(view, alt.TopLevelMixin):
         return view.to_dict()
     return None
+
+
+def _shown_spec(chart) -> dict:
+    """The spec a JupyterChart shows: its ``spec`` with the top-level datasets and signals that Python sent
+    it since as updates (``_py_to_js_updates``; a view gives a shown chart new data that way)."""
+    spec = dict(chart.spec)
+    updates = [u for u in chart._py_to_js_updates or [] if u.get("scope") == []]
+    if updates:
+        spec["datasets"] = {**spec.get("datasets", {}), **{u["name"]: u["value"] for u in updates if u["namespace"] == "data"}}
+        signals = {u["name"]: u["value"] for u in updates if u["namespace"] == "signal"}
+        spec["params"] = [{**p, "value": signals[p["name"]]} if p["name"] in signals else p for p in spec.get("params", [])]
+    return spec
 
 
 def _screenshot(view, scale: int = PNG_SCALE) -> bytes:

@@ -185,6 +185,35 @@ def png_pixels(browser, png: bytes):
 
 
 @pytest.mark.browser
+def test_a_saved_gradient_view_draws_the_norms_its_chart_was_last_sent(model, browser, tmp_path):
+    """A slider edit gives the shown chart its new norms and title as updates, not a new spec. A page saved
+    after it draws the chart from the first spec and then applies them: the same pixels as the chart of a
+    view made for the edited trace, and not those of the unedited one."""
+    view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
+    unedited = view.trace
+    edited = unedited.edit(nbinspect.AblateHead(1, 0))
+    view.show(edited)
+
+    def chart_pixels(v, name):
+        page = open_offline(browser, export.save(v, tmp_path / name))
+        page.wait_for_selector(".vega-embed canvas")
+        seen = None
+        for _ in range(50):  # the updates apply after the first render: wait until the pixels settle
+            page.wait_for_timeout(100)
+            now = page.locator(".vega-embed canvas").evaluate("(c) => c.toDataURL()")
+            if now == seen:
+                break
+            seen = now
+        assert not page.errors, page.errors
+        page.close()
+        return seen
+
+    shown = chart_pixels(view, "edited.html")
+    assert shown == chart_pixels(nbinspect.gradient_flow(edited), "fresh.html")
+    assert shown != chart_pixels(nbinspect.gradient_flow(unedited), "unedited.html")
+
+
+@pytest.mark.browser
 def test_png_has_the_views_size_at_2x_and_ink_where_the_data_is(model, browser, tmp_path, artifacts):
     view = nbinspect.attention(model, CharTokenizer(), TEXT)
     png = view_png = export.to_png(view, artifacts / "export_attention.png")

@@ -111,20 +111,32 @@ def test_a_chart_click_still_selects_after_the_view_was_shown_an_edited_trace():
     assert view.selection.layer == 2
 
 
+def _title(spec: dict) -> str:
+    assert spec["title"]["text"] == {"expr": gv.TITLE_PARAM}
+    return next(p["value"] for p in spec["params"] if p["name"] == gv.TITLE_PARAM)
+
+
 def test_the_chart_shows_the_edited_traces_norms_and_the_template_is_left_alone():
+    from nbinspect.export import _chart_of
+
     model = tiny("llama")
     view = nbinspect.gradient_flow(model, CharTokenizer(), TEXT)
     first = view.chart.spec
     edited = view.trace.edit(nbinspect.AblateHead(1, 0))
     view.show(edited)
-    spec = view.chart.spec
+    # The chart keeps its spec (a new one would be embedded again in the browser) and is sent the new
+    # data and title as updates; the spec it shows (what export pictures) is the edited trace's.
+    assert view.chart.spec is first
+    assert {u["name"] for u in view.chart._py_to_js_updates} == {"norms", "flags", "layers", gv.TITLE_PARAM}
+    spec = _chart_of(view.chart)
     expected = [r for r in gv.norms_by_part(edited.adapter, edited.gradient_norms) if r["norm"] > 0]
     assert spec["datasets"]["norms"] == expected and expected != first["datasets"]["norms"]
-    assert "edited: ScaleHead(layer=1, head=0" in spec["title"]["text"] and "edited" not in first["title"]["text"]
+    assert "edited: ScaleHead(layer=1, head=0" in _title(spec) and "edited" not in _title(first)
     assert len(spec["datasets"]["layers"]) == edited.adapter.n_layers
+    assert spec == gv.norm_chart_spec(view.rows, view.flags, edited.adapter.n_layers, _title(spec))
     # Shown again, the first trace's numbers come back: the shared template was not written to.
     view.show(edited.parent)
-    assert view.chart.spec["datasets"] == first["datasets"]
+    assert _chart_of(view.chart)["datasets"] == first["datasets"] and _title(_chart_of(view.chart)) == _title(first)
 
 
 # --- relevance, rollout and flow in the strip --------------------------------------------------------------

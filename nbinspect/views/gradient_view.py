@@ -47,9 +47,9 @@ def _part_of(module_name: str, module, attention_prefixes: tuple[str, ...]) -> s
     return "mlp"
 
 
-def norms_by_part(adapter: Adapter, norms: GradientNorms) -> list[dict]:
-    """One row per (layer, module type): ``{"layer", "part", "norm"}``; the embedding is layer -1,
-    the final norm layer ``n_layers``. Norms of a type combine as sqrt(sum of squares)."""
+def parameter_parts(adapter: Adapter) -> dict[str, tuple[int, str]]:
+    """Parameter name -> (layer, module type) of every parameter a row of `norms_by_part` counts (each
+    tensor under its first name). A model's structure does not change under an edit: a view makes this once."""
     model = adapter.model
     owner = {}  # id(param) -> (layer, part)
     for i, block in enumerate(adapter.layers):
@@ -62,14 +62,18 @@ def norms_by_part(adapter: Adapter, norms: GradientNorms) -> list[dict]:
         if module is not None:
             for p in module.parameters():
                 owner.setdefault(id(p), (layer, part))
+    return {name: owner[id(p)] for name, p in model.named_parameters() if id(p) in owner}  # tied: first name
+
+
+def norms_by_part(adapter: Adapter, norms: GradientNorms, parts: dict[str, tuple[int, str]] | None = None) -> list[dict]:
+    """One row per (layer, module type): ``{"layer", "part", "norm"}``; the embedding is layer -1,
+    the final norm layer ``n_layers``. Norms of a type combine as sqrt(sum of squares). ``parts``:
+    `parameter_parts` of this adapter, when the caller keeps it."""
+    parts = parameter_parts(adapter) if parts is None else parts
     squares: dict[tuple[int, str], float] = {}
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen or id(p) not in owner or name not in norms.parameters:
-            continue
-        seen.add(id(p))
-        key = owner[id(p)]
-        squares[key] = squares.get(key, 0.0) + float(norms.parameters[name]) ** 2
+    for name, key in parts.items():
+        if name in norms.parameters:
+            squares[key] = squares.get(key, 0.0) + float(norms.parameters[name]) ** 2
     return [{"layer": layer, "part": part, "norm": value**0.5} for (layer, part), value in sorted(squares.items())]
 
 
@@ -133,22 +137,44 @@ def _template(n_layers: int) -> tuple[alt.LayerChart, dict]:
     return _templates[n_layers]
 
 
-def norm_chart_spec(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> dict:
-    """The Vega-Lite spec of the norms chart: the template's spec with this trace's data and title."""
+def norm_chart_data(rows: list[dict], flags: dict[str, list[int]], n_layers: int) -> dict[str, list[dict]]:
+    """The chart's three named datasets for these norms and flags."""
     by_layer: dict[int, dict] = {i: {"layer": i} for i in range(n_layers)}
     for r in rows:
         if 0 <= r["layer"] < n_layers:
             by_layer[r["layer"]][r["part"]] = r["norm"]
+    return {
+        "norms": [r for r in rows if r["norm"] > 0],  # log scale: no zeros
+        "flags": [{"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]],
+        "layers": list(by_layer.values()),
+    }
+
+
+#: The chart's title param (see `norm_chart_spec`).
+TITLE_PARAM = "chart_title"
+
+
+def norm_chart_spec(rows: list[dict], flags: dict[str, list[int]], n_layers: int, title: str) -> dict:
+    """The Vega-Lite spec of the norms chart: the template's spec with this trace's data and title. The
+    title is a param (``chart_title``), so that a shown chart can be given a new one like new data."""
+    template = _template(n_layers)[1]
     subtitle = f"▼ vanishing / ▲ exploding: a layer more than ×{FLAG_RATIO:g} below / above the median layer · click a layer to select it"
     return {
-        **_template(n_layers)[1],
-        "title": {"text": title, "subtitle": subtitle},
-        "datasets": {
-            "norms": [r for r in rows if r["norm"] > 0],  # log scale: no zeros
-            "flags": [{"layer": i, "flag": kind} for kind in ("vanishing", "exploding") for i in flags[kind]],
-            "layers": list(by_layer.values()),
-        },
+        **template,
+        # re-measured on every render: new data or a new title (their axis labels, its length) resize it
+        "autosize": {"type": "pad", "resize": True},
+        "params": [*template.get("params", []), {"name": TITLE_PARAM, "value": title}],
+        "title": {"text": {"expr": TITLE_PARAM}, "subtitle": subtitle},
+        "datasets": norm_chart_data(rows, flags, n_layers),
     }
+
+
+def chart_updates(spec: dict) -> list[dict]:
+    """What a shown chart needs to show ``spec`` when only its data and title differ: updates of its named
+    datasets and title signal, in the form altair's JupyterChart applies (its ``_py_to_js_updates``)."""
+    title = next(p["value"] for p in spec["params"] if p["name"] == TITLE_PARAM)
+    return [{"namespace": "data", "name": name, "scope": [], "value": values} for name, values in spec["datasets"].items()] + [
+        {"namespace": "signal", "name": TITLE_PARAM, "scope": [], "value": title}]
 
 
 #: Attribution methods the strip offers: name -> (label, function of a Trace returning float32 [tokens]).
@@ -248,7 +274,9 @@ class GradientView(View):
     def _chart_spec(self, trace: Trace) -> dict:
         adapter, norms = trace.adapter, trace.gradient_norms
         codecs.check_finite(norms.target, "the gradient target (loss or logit)")
-        self.rows = norms_by_part(adapter, norms)
+        if getattr(self, "_parts", None) is None:
+            self._parts = parameter_parts(adapter)
+        self.rows = norms_by_part(adapter, norms, self._parts)
         flags = flag_layers([float(v) for v in norms.layers])
         self.flags, self.target = flags, trace.target.label
         edited = f" (edited: {', '.join(map(repr, trace.edits))})" if trace.edits else ""
@@ -257,8 +285,11 @@ class GradientView(View):
     def show(self, trace: Trace) -> None:
         """Show another trace of the same text (an edit re-ran its backward): new norms and scores."""
         super().show(trace)
-        # The same chart with new data: its params and selections (and our listener on them) stay.
-        self.chart.spec = self._chart_spec(trace)
+        # The same chart with new data and title, sent as updates that the shown chart applies to its
+        # datasets and signal: a new spec would make altair embed the chart again (vega-lite compile,
+        # vega parse and first render: 150-300 ms of the browser's main thread after every slider move).
+        # Its params and selections (and our listener on them) stay.
+        self.chart._py_to_js_updates = chart_updates(self._chart_spec(trace))
         self.chart.params.current = self.selection.layer
         self._describe(trace)
         self.scores_of = ""
