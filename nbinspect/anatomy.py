@@ -412,6 +412,15 @@ def _fold(raw: list[torch.Tensor], bins: int) -> torch.Tensor:
     return total[:bins]
 
 
+def histc_counts(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """int64 [bins]: exactly ``torch.histc(x, bins, lo, hi)``'s counts when every value of ``x`` lies in
+    [lo, hi] (a range taken from ``x``), on its device; on the CPU ~10x faster than histc (see ``_bin``)."""
+    flat = x.detach().reshape(-1).float()
+    if not flat.numel():
+        return torch.zeros(bins, dtype=torch.int64, device=x.device)
+    return _fold([_bin(flat, bins, lo, hi)], bins).round().to(torch.int64)
+
+
 def _range_of(lo: float, hi: float) -> tuple[float, float, bool]:
     """A histogram's range from a tensor's min and max: widened when constant; (−1, 1, False) when not finite."""
     if not (math.isfinite(lo) and math.isfinite(hi)):

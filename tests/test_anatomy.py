@@ -245,6 +245,19 @@ def test_counts_at_chosen_edges_equal_numpy_and_histc(stats_path):
     assert torch.equal(h.counts, _histc(torch.full((1000,), 0.3), h))
 
 
+def test_histc_counts_are_histc_s():
+    """The neuron view bins activations with histc_counts: torch.histc's counts, exactly."""
+    torch.manual_seed(0)
+    for x in (torch.randn(512, 1536) * 3, torch.rand(7, 3).double(), torch.full((5, 5), 2.0), torch.randn(1, 1)):
+        lo, hi = float(x.min()), float(x.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        for bins in (96, 7, 300):
+            got = A.histc_counts(x, bins, lo, hi)
+            assert got.dtype == torch.int64 and torch.equal(got, torch.histc(x.float(), bins, lo, hi).to(torch.int64))
+    assert torch.equal(A.histc_counts(torch.empty(0, 4), 8, 0.0, 1.0), torch.zeros(8, dtype=torch.int64))
+
+
 def test_bin_index_is_histc_s_near_every_edge():
     """The CPU's vectorised bin index against histc on values one to three float32 steps from every edge,
     over ranges of many scales and both bin-count paths (one division for powers of two, else two steps)."""

@@ -34,6 +34,7 @@ import traitlets
 
 from .. import codecs
 from ..adapters import Adapter, ModelParts
+from ..anatomy import histc_counts
 from ..trace import Trace
 from ._bundle import bundle
 from .base import View, as_trace
@@ -91,7 +92,7 @@ def layer_stats(acts: torch.Tensor, k: int, rank_by: str, bounds: tuple[float, .
     if hi <= lo:  # one value everywhere: give the histogram a width
         lo, hi = lo - 0.5, hi + 0.5
     bins = codecs.HISTOGRAM_BINS
-    counts = torch.histc(a, bins=bins, min=lo, max=hi).to(torch.int64)
+    counts = histc_counts(a, bins, lo, hi)  # torch.histc's counts, without its slow CPU loop
     edges = torch.linspace(lo, hi, bins + 1, device=a.device)
     max_abs = float(peak.max())
     dead = float((peak <= DEAD_THRESHOLD * max_abs).float().mean())
