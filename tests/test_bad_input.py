@@ -245,6 +245,18 @@ def test_keyboard_interrupt_raised_inside_a_restore_copy_still_restores_everythi
     _assert_bits(model, before)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a shell that starts the run in the background (``cmd &``)
+    hands it SIGINT ignored, and then Ctrl-C raises nothing anywhere."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_arriving_during_restore_waits_until_the_restore_is_done(monkeypatch):
     import os
     import signal
@@ -266,6 +278,7 @@ def test_ctrl_c_arriving_during_restore_waits_until_the_restore_is_done(monkeypa
     _assert_bits(model, before)
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_arriving_while_edits_are_applied_restores_them_then_interrupts(monkeypatch):
     import os
     import signal
