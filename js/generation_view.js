@@ -3,7 +3,7 @@
 // attention to every earlier token (layers × context, head mean or one head) and the logit lens.
 // Pairs with nbinspect/views/generation_view.py. Canvas only; token text via fillText/textContent.
 import { bytesOf, float32sOf } from "./codecs.js";
-import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
+import { fitText, mapImage, sizeCanvas, tokenBoxes } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
 import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
@@ -125,22 +125,9 @@ async function render({ model, el: host }) {
     const prompt = get("prompt_tokens");
     const gen = get("generated");
     const probs = float32sOf(get("chosen_probs"));
-    const all = prompt.concat(gen).map((s) => s.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
-    const measure = sizeCanvas(strip, 1, 1);
-    measure.font = TEXT_FONT;
-    boxes = [];
-    let x = 4;
-    let y = 4;
-    for (let i = 0; i < all.length; i++) {
-      const w = Math.min(W - 12, Math.max(6, measure.measureText(all[i]).width + 2));
-      if (x + w > W - 8 && x > 4) {
-        x = 4;
-        y += LINE_H;
-      }
-      boxes.push([x, y, w, i]);
-      x += w;
-    }
-    const ctx = sizeCanvas(strip, W - 4, y + LINE_H + 4);
+    const laid = tokenBoxes(prompt.concat(gen), { font: TEXT_FONT, maxWidth: W - 12, right: W - 8, lineHeight: LINE_H });
+    boxes = laid.boxes;
+    const ctx = sizeCanvas(strip, W - 4, laid.height);
     ctx.font = TEXT_FONT;
     ctx.textBaseline = "middle";
     const s = shown();
@@ -155,7 +142,7 @@ async function render({ model, el: host }) {
         ctx.strokeRect(bx + 1, by + 1, w - 2, LINE_H - 4);
       }
       ctx.fillStyle = g < 0 ? "#666" : "#111";
-      ctx.fillText(fitText(ctx, all[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
+      ctx.fillText(laid.texts[i], bx + 1, by + (LINE_H - 2) / 2);
     }
   }
 
@@ -172,22 +159,9 @@ async function render({ model, el: host }) {
     for (let i = 0; i < edited.length; i++) if (first < 0 && edited[i] !== gen[i]) first = i;
     editedCaption.textContent = `with ${label}${get("edited_running") ? " (generating…)" : ""}: ` +
       (first < 0 ? "the same continuation so far" : `differs from step ${first} on (red)`);
-    const shownTokens = edited.map((t) => t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
-    const measure = sizeCanvas(editedStrip, 1, 1);
-    measure.font = TEXT_FONT;
-    const laid = [];
-    let x = 4;
-    let y = 4;
-    for (let i = 0; i < shownTokens.length; i++) {
-      const w = Math.min(W - 12, Math.max(6, measure.measureText(shownTokens[i]).width + 2));
-      if (x + w > W - 8 && x > 4) {
-        x = 4;
-        y += LINE_H;
-      }
-      laid.push([x, y, w, i]);
-      x += w;
-    }
-    const ctx = sizeCanvas(editedStrip, W - 4, y + LINE_H + 4);
+    const laidOut = tokenBoxes(edited, { font: TEXT_FONT, maxWidth: W - 12, right: W - 8, lineHeight: LINE_H });
+    const laid = laidOut.boxes;
+    const ctx = sizeCanvas(editedStrip, W - 4, laidOut.height);
     ctx.font = TEXT_FONT;
     ctx.textBaseline = "middle";
     for (const [bx, by, w, i] of laid) {
@@ -199,7 +173,7 @@ async function render({ model, el: host }) {
         ctx.strokeRect(bx + 0.5, by + 0.5, w - 1, LINE_H - 3);
       }
       ctx.fillStyle = "#111";
-      ctx.fillText(fitText(ctx, shownTokens[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
+      ctx.fillText(laidOut.texts[i], bx + 1, by + (LINE_H - 2) / 2);
     }
   }
 

@@ -44,17 +44,67 @@ export function mapImage(bytes, width, height, lut = LUT) {
   return canvas;
 }
 
-/** Size a canvas for crisp drawing on high-DPI screens; returns its 2-D context in CSS pixels. */
+/**
+ * Size a canvas for crisp drawing on high-DPI screens; returns its 2-D context in CSS pixels, cleared and
+ * in its default state. A canvas that already has the size is reset, not resized: setting its width
+ * allocates a new bitmap, and views redraw on every change (a slider edit redraws them all).
+ */
 export function sizeCanvas(canvas, cssWidth, cssHeight) {
   const dpr = window.devicePixelRatio || 1;
-  canvas.style.width = `${cssWidth}px`;
-  canvas.style.height = `${cssHeight}px`;
-  canvas.width = Math.round(cssWidth * dpr);
-  canvas.height = Math.round(cssHeight * dpr);
+  const width = Math.round(cssWidth * dpr);
+  const height = Math.round(cssHeight * dpr);
   const ctx = canvas.getContext("2d");
+  if (canvas.width === width && canvas.height === height && typeof ctx.reset === "function") {
+    ctx.reset();
+  } else {
+    canvas.style.width = `${cssWidth}px`;
+    canvas.style.height = `${cssHeight}px`;
+    canvas.width = width;
+    canvas.height = height;
+  }
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.imageSmoothingEnabled = false;
   return ctx;
+}
+
+const measurer = document.createElement("canvas").getContext("2d");
+const layouts = new Map(); // key -> layout, the last few (see tokenBoxes)
+
+/**
+ * Tokens laid out as boxes left to right from (4, 4), wrapping before `right`: `{ boxes: [[x, y, w, i]],
+ * texts, height }`, each box as wide as its text (6 to `maxWidth` px) and `texts[i]` what fits in it
+ * (newlines and tabs shown as ↵ and ⇥). With `newlines`, a token holding a newline ends its line.
+ * Measured once per tokens, font and widths, on a canvas of its own: a strip redraws on every change,
+ * and measuring 512 tokens (and resizing the strip to measure on it) took most of a redraw.
+ */
+export function tokenBoxes(tokens, { font, maxWidth, right, lineHeight, newlines = false }) {
+  const key = [font, maxWidth, right, lineHeight, newlines, tokens.length, ...tokens].join("\u0001");
+  let layout = layouts.get(key);
+  if (layout) return layout;
+  measurer.font = font;
+  const boxes = [];
+  const texts = [];
+  let x = 4;
+  let y = 4;
+  for (let i = 0; i < tokens.length; i++) {
+    const shown = tokens[i].replace(/\n/g, "↵").replace(/\t/g, "⇥");
+    const w = Math.min(maxWidth, Math.max(6, measurer.measureText(shown).width + 2));
+    if (x + w > right && x > 4) {
+      x = 4;
+      y += lineHeight;
+    }
+    boxes.push([x, y, w, i]);
+    texts.push(fitText(measurer, shown, w - 2));
+    x += w;
+    if (newlines && tokens[i].includes("\n")) {
+      x = 4;
+      y += lineHeight;
+    }
+  }
+  layout = { boxes, texts, height: y + lineHeight + 4 };
+  if (layouts.size >= 16) layouts.delete(layouts.keys().next().value);
+  layouts.set(key, layout);
+  return layout;
 }
 
 /** Draw `text` cut with an ellipsis to fit `maxWidth` (token text is drawn, never parsed as HTML). */

@@ -2,7 +2,7 @@
 // activation over the text and the layer's activation histogram (right).
 // Pairs with nbinspect/views/neuron_view.py. Canvas only; token text via fillText/textContent.
 import { bytesOf, dequantizeSigned, float32sOf, int32sOf } from "./codecs.js";
-import { divergingColor, divergingImage, fitText, sizeCanvas } from "./heatmap.js";
+import { divergingColor, divergingImage, fitText, sizeCanvas, tokenBoxes } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
 import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
@@ -197,26 +197,9 @@ async function render({ model, el: host }) {
     const vals = neuronValues();
     const t = get("token");
     // Lay the tokens out left to right, wrapping; a newline token ends its line.
-    const measure = sizeCanvas(strip, 1, 1);
-    measure.font = TEXT_FONT;
-    boxes = [];
-    let x = 4;
-    let y = 4;
-    const shown = tokens.map((s) => s.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
-    for (let i = 0; i < tokens.length; i++) {
-      const w = Math.min(SIDE_W - 8, Math.max(6, measure.measureText(shown[i]).width + 2));
-      if (x + w > SIDE_W - 4 && x > 4) {
-        x = 4;
-        y += LINE_H;
-      }
-      boxes.push([x, y, w, i]);
-      x += w;
-      if (tokens[i].includes("\n")) {
-        x = 4;
-        y += LINE_H;
-      }
-    }
-    const ctx = sizeCanvas(strip, SIDE_W - 2, y + LINE_H + 4);
+    const laid = tokenBoxes(tokens, { font: TEXT_FONT, maxWidth: SIDE_W - 8, right: SIDE_W - 4, lineHeight: LINE_H, newlines: true });
+    boxes = laid.boxes;
+    const ctx = sizeCanvas(strip, SIDE_W - 2, laid.height);
     ctx.font = TEXT_FONT;
     ctx.textBaseline = "middle";
     for (const [bx, by, w, i] of boxes) {
@@ -228,7 +211,7 @@ async function render({ model, el: host }) {
         ctx.strokeRect(bx + 1, by + 1, w - 2, LINE_H - 4);
       }
       ctx.fillStyle = "#111";
-      ctx.fillText(fitText(ctx, shown[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
+      ctx.fillText(laid.texts[i], bx + 1, by + (LINE_H - 2) / 2);
     }
     strip.dataset.lineHeight = LINE_H;
     const n = displayed();

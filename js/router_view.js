@@ -3,7 +3,7 @@
 // text coloured by each token's top expert (right). Pairs with nbinspect/views/router_view.py.
 // Canvas only; token text via fillText/textContent.
 import { bytesOf, float32sOf, int32sOf } from "./codecs.js";
-import { fitText, mapImage, sizeCanvas } from "./heatmap.js";
+import { fitText, mapImage, sizeCanvas, tokenBoxes } from "./heatmap.js";
 import { el, tooltip } from "./dom.js";
 import { exportButtons } from "./export_button.js";
 import { bindSelection } from "./selection.js";
@@ -262,26 +262,9 @@ async function render({ model, el: host }) {
     const ex = get("expert");
     const t = get("token");
     const ready = chosen().length === tokens.length * K() && K() > 0;
-    const measure = sizeCanvas(strip, 1, 1);
-    measure.font = TEXT_FONT;
-    boxes = [];
-    let x = 4;
-    let y = 4;
-    const shown = tokens.map((s) => s.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
-    for (let i = 0; i < tokens.length; i++) {
-      const w = Math.min(SIDE_W - 8, Math.max(6, measure.measureText(shown[i]).width + 2));
-      if (x + w > SIDE_W - 4 && x > 4) {
-        x = 4;
-        y += LINE_H;
-      }
-      boxes.push([x, y, w, i]);
-      x += w;
-      if (tokens[i].includes("\n")) {
-        x = 4;
-        y += LINE_H;
-      }
-    }
-    const ctx = sizeCanvas(strip, SIDE_W - 2, y + LINE_H + 4);
+    const laid = tokenBoxes(tokens, { font: TEXT_FONT, maxWidth: SIDE_W - 8, right: SIDE_W - 4, lineHeight: LINE_H, newlines: true });
+    boxes = laid.boxes;
+    const ctx = sizeCanvas(strip, SIDE_W - 2, laid.height);
     ctx.font = TEXT_FONT;
     ctx.textBaseline = "middle";
     for (const [bx, by, w, i] of boxes) {
@@ -299,7 +282,7 @@ async function render({ model, el: host }) {
         ctx.strokeRect(bx + 1, by + 1, w - 2, LINE_H - 4);
       }
       ctx.fillStyle = "#111";
-      ctx.fillText(fitText(ctx, shown[i], w - 2), bx + 1, by + (LINE_H - 2) / 2);
+      ctx.fillText(laid.texts[i], bx + 1, by + (LINE_H - 2) / 2);
     }
     strip.dataset.lineHeight = LINE_H;
     stripCaption.textContent =
