@@ -95,6 +95,8 @@ async function render({ model, el: host, host: anywidgetHost }) {
   const tip = tooltip(root);
   let boxes = []; // [x, y, w, index] of each drawn token, for hit-testing
   let frame = 0;
+  let laidOut = []; // the tokens' boxes (layoutTokens) ...
+  let laidKey = null; // ... for these tokens
 
   function layoutTokens(ctx, tokens) {
     const out = [];
@@ -158,9 +160,15 @@ async function render({ model, el: host, host: anywidgetHost }) {
     if ((f.exploding || []).length) parts.push(`exploding (norm > median × ${ratio}): layers ${f.exploding.join(", ")}`);
     flagLine.textContent = parts.length ? `⚑ ${parts.join(" · ")}` : `no layer's gradient norm is more than ×${ratio} from the median`;
 
-    const probe = canvas.getContext("2d");
-    probe.font = FONT;
-    const laid = layoutTokens(probe, tokens);
+    // Measured once per text: the strip redraws on every change (a slider edit, a hover).
+    const key = tokens.join("\u0001");
+    if (laidKey !== key) {
+      const probe = canvas.getContext("2d");
+      probe.font = FONT;
+      laidOut = layoutTokens(probe, tokens);
+      laidKey = key;
+    }
+    const laid = laidOut;
     const height = (laid.length ? laid[laid.length - 1].y : 0) + ROW + 2;
     const ctx = sizeCanvas(canvas, WIDTH, height);
     ctx.font = FONT;
