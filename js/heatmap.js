@@ -54,11 +54,11 @@ export function sizeCanvas(canvas, cssWidth, cssHeight) {
   const width = Math.round(cssWidth * dpr);
   const height = Math.round(cssHeight * dpr);
   const ctx = canvas.getContext("2d");
+  canvas.style.width = `${cssWidth}px`;
+  canvas.style.height = `${cssHeight}px`;
   if (canvas.width === width && canvas.height === height && typeof ctx.reset === "function") {
     ctx.reset();
   } else {
-    canvas.style.width = `${cssWidth}px`;
-    canvas.style.height = `${cssHeight}px`;
     canvas.width = width;
     canvas.height = height;
   }

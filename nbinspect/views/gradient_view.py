@@ -239,6 +239,7 @@ class GradientView(View):
         n_layers = trace.adapter.n_layers
         super().__init__(trace, selection, methods={k: label for k, (label, _) in ATTRIBUTIONS.items()},
                          layered={k: [low, n_layers - 1] for k, low in LAYERED.items()}, **kwargs)
+        self._parts = parameter_parts(trace.adapter)  # the model's structure: the same for every edit
         self.chart = alt.JupyterChart(_template(n_layers)[0], embed_options={"renderer": "canvas", "actions": False})
         self.chart.spec = self._chart_spec(trace)
         self.chart.selections.observe(self._chart_clicked, ["layer_pick"])
@@ -274,8 +275,6 @@ class GradientView(View):
     def _chart_spec(self, trace: Trace) -> dict:
         adapter, norms = trace.adapter, trace.gradient_norms
         codecs.check_finite(norms.target, "the gradient target (loss or logit)")
-        if getattr(self, "_parts", None) is None:
-            self._parts = parameter_parts(adapter)
         self.rows = norms_by_part(adapter, norms, self._parts)
         flags = flag_layers([float(v) for v in norms.layers])
         self.flags, self.target = flags, trace.target.label
