@@ -1,12 +1,15 @@
 // Bytes from Python → typed arrays. Mirrors nbinspect/codecs.py function by function.
 // Binary traits arrive as DataView (anywidget); nothing here parses JSON numbers.
 
-/** @param {DataView | ArrayBuffer | Uint8Array | null | undefined} v */
+// Bytes of the stamp (a CRC-32) nbinspect puts in front of every binary trait (codecs.stamped): with it two
+// payloads that differ differ in their first bytes, which keeps ipywidgets' change check from walking them.
+export const STAMP_BYTES = 4;
+
+/** A binary trait's payload, without its stamp. @param {DataView | ArrayBuffer | Uint8Array | null | undefined} v */
 export function bytesOf(v) {
   if (!v) return new Uint8Array(0);
-  if (v instanceof Uint8Array) return v;
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  const b = v instanceof Uint8Array ? v : v instanceof ArrayBuffer ? new Uint8Array(v) : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  return b.length > STAMP_BYTES ? b.subarray(STAMP_BYTES) : new Uint8Array(0);
 }
 
 /** Little-endian float32 values (codecs.float32_bytes). Copies when the buffer is unaligned. */

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+import zlib
 
 import numpy as np
 import torch
@@ -102,6 +103,29 @@ def to_bytes(t: torch.Tensor) -> bytes:
 
 def float32_bytes(t: torch.Tensor) -> bytes:
     return to_bytes(t.float())
+
+
+#: Bytes of the stamp in front of every binary trait the browser receives (``js/codecs.js`` strips it).
+STAMP_BYTES = 4
+
+
+def stamped(value: bytes, widget=None) -> bytes:
+    """A binary trait's bytes as sent: the CRC-32 of the payload (4 bytes), then the payload.
+
+    Why: ipywidgets' frontend decides whether a trait changed with lodash ``isEqual``, which compares two
+    equal-length buffers byte by byte from the start, twice per update. A slider edit at a middle layer
+    leaves the first layers' part of every per-layer payload as it was, so the browser walked hundreds of
+    KB per edit before it could draw. Two payloads that differ now differ in their first bytes. Identical
+    payloads are never sent again (traitlets syncs only a changed value), so the stamp costs nothing there.
+    An empty payload stays empty.
+    """
+    if not value:
+        return b""
+    return zlib.crc32(value).to_bytes(STAMP_BYTES, "little") + bytes(value)
+
+
+#: Metadata of every binary trait: ``traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)``.
+BINARY_TRAIT = {"sync": True, "to_json": stamped}
 
 
 #: Characters a token label shows as a visible marker (``⟨U+202E⟩``) instead of as themselves: bidi

@@ -68,3 +68,34 @@ def test_a_target_picked_in_a_view_retargets_every_attribution():
     assert d.trace.record.residual[0].after is before.record.residual[0].after  # the forward was reused
     d.target = "z"
     assert d.logit_attribution.target_token == ord("z") and d.gradients.target.startswith("logit of 'z'")
+
+
+def test_every_binary_trait_is_sent_stamped():
+    """The browser strips 4 bytes from every binary trait (js/codecs.js bytesOf), so every one must be sent
+    through codecs.stamped; payloads that differ only at their end differ in their first bytes."""
+    import importlib
+    import pkgutil
+
+    import ipywidgets
+    import traitlets
+
+    import nbinspect.views
+    from nbinspect import codecs
+
+    for info in pkgutil.iter_modules(nbinspect.views.__path__):
+        importlib.import_module(f"nbinspect.views.{info.name}")
+    classes, stack = [], [ipywidgets.Widget]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if sub.__module__.startswith("nbinspect."):
+                classes.append(sub)
+    binary = [(cls, name, trait) for cls in classes for name, trait in cls.class_traits(sync=True).items()
+              if isinstance(trait, traitlets.Bytes)]
+    assert len(binary) >= 80, len(binary)  # every view's maps and values
+    unstamped = [f"{cls.__name__}.{name}" for cls, name, trait in binary if trait.metadata.get("to_json") is not codecs.stamped]
+    assert not unstamped, unstamped
+    a = bytes(1000) + b"\x01"
+    b = bytes(1000) + b"\x02"
+    assert codecs.stamped(b"") == b"" and codecs.stamped(a)[codecs.STAMP_BYTES:] == a
+    assert codecs.stamped(a)[: codecs.STAMP_BYTES] != codecs.stamped(b)[: codecs.STAMP_BYTES]

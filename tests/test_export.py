@@ -11,7 +11,7 @@ import torch
 from tiny_models import CharTokenizer, tiny
 
 import nbinspect
-from nbinspect import export
+from nbinspect import codecs, export
 
 TEXT = "The cat sat on the mat. The dog sat on the log."
 LABEL_PX, FOCUS_PX = 84, 480  # js/attention_view.js layout
@@ -44,7 +44,9 @@ def test_the_page_holds_every_model_the_view_references_and_their_bytes(dash):
     data = gzip.decompress(base64.b64decode(doc["data"]))
     for name in ("thumbnails", "focus"):
         path, offset, length = next(b for b in doc["models"][dash.attention.model_id]["buffers"] if b[0] == [name])
-        assert data[offset : offset + length] == getattr(dash.attention, name)
+        # As the kernel sends it: the payload behind its 4-byte stamp (codecs.stamped).
+        assert data[offset : offset + length] == codecs.stamped(getattr(dash.attention, name))
+        assert data[offset + codecs.STAMP_BYTES : offset + length] == getattr(dash.attention, name)
     # Each distinct ESM once, and it is the view's own code.
     code = {k: gzip.decompress(base64.b64decode(v)).decode() for k, v in doc["code"].items()}
     assert len(code) == len({str(w._esm) for w in graph if getattr(w, "_esm", None)})

@@ -260,7 +260,8 @@ function fake(state, shared) {
 window.sent = [];
 const selection = fake({ token: -1, layer: 0, head: 0, neuron: -1 });
 const state = JSON.parse(document.getElementById("state").textContent);
-const bytes = (xs) => new DataView(new Float32Array(xs).buffer);
+// As a live model sends a binary trait: the 4-byte stamp (codecs.stamped), then the float32 values.
+const bytes = (xs) => { const b = new Uint8Array(4 + 4 * xs.length); b.set(new Uint8Array(new Float32Array(xs).buffer), 4); return new DataView(b.buffer); };
 state.scores = bytes(state.scores);
 const model = fake(state, selection);
 window.push = (traits) => {

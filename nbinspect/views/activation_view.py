@@ -33,14 +33,14 @@ class ActivationView(View):
     shown_layer = traitlets.Int(-1).tag(sync=True)
     #: The curve act(x) at ACTIVATION_CURVE_POINTS x values evenly over ``x_range`` (float32).
     x_range = traitlets.List(traitlets.Float(), default_value=[-1.0, 1.0]).tag(sync=True)
-    curve = traitlets.Bytes(b"").tag(sync=True)
+    curve = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: float32 [bins] counts of the pre-activations over ``x_range``.
-    pre_hist = traitlets.Bytes(b"").tag(sync=True)
+    pre_hist = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: Fractions: {"negative", "near zero", "linear"}; and the tolerance that defines them.
     regimes = traitlets.Dict().tag(sync=True)
     tolerance = traitlets.Float(anatomy.REGIME_TOLERANCE).tag(sync=True)
     #: Gated MLPs: float32 [bins] counts of act(gate) × up over ``product_range``.
-    product_hist = traitlets.Bytes(b"").tag(sync=True)
+    product_hist = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     product_range = traitlets.List(traitlets.Float(), default_value=[-1.0, 1.0]).tag(sync=True)
 
     def __init__(self, trace: Trace, selection: Selection | None = None, **kwargs):

@@ -35,12 +35,12 @@ class AttentionView(View):
     #: mirrored from ``selection`` both ways: clicks, arrow keys and hovers in the browser set them.
     head = traitlets.Int(0)
     #: uint8 [layers, heads, c, c] thumbnails and their float32 [layers, heads] scales.
-    thumbnails = traitlets.Bytes(b"").tag(sync=True)
-    thumbnail_scales = traitlets.Bytes(b"").tag(sync=True)
+    thumbnails = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    thumbnail_scales = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     thumbnail_cells = traitlets.Int(0).tag(sync=True)
     thumbnail_block = traitlets.Int(1).tag(sync=True)
     #: uint8 [f, f] map of the focused head, its scale, tokens per cell, and which [layer, head] it is.
-    focus = traitlets.Bytes(b"").tag(sync=True)
+    focus = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     focus_scale = traitlets.Float(0.0).tag(sync=True)
     focus_cells = traitlets.Int(0).tag(sync=True)
     focus_block = traitlets.Int(1).tag(sync=True)
@@ -51,8 +51,8 @@ class AttentionView(View):
     #: [layers, heads] badge per head (0 none, 1 + index in ``head_type_names``: its strongest type scoring
     #: ≥ ``badge_threshold``), float32 [4, layers, heads] scores; ``head_types_reason``: why there are none.
     show_head_types = traitlets.Bool(False).tag(sync=True)
-    head_types = traitlets.Bytes(b"").tag(sync=True)
-    head_type_scores = traitlets.Bytes(b"").tag(sync=True)
+    head_types = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    head_type_scores = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     head_type_names = traitlets.List(traitlets.Unicode(), default_value=list(rs.HEAD_TYPES)).tag(sync=True)
     badge_threshold = traitlets.Float(rs.BADGE_THRESHOLD).tag(sync=True)
     head_types_reason = traitlets.Unicode("").tag(sync=True)

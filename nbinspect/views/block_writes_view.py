@@ -31,11 +31,11 @@ class BlockWritesView(TraceView):
     _esm = bundle("block_writes_view")
 
     #: float32 [layers, tokens] each (see :class:`nbinspect.residual_stream.BlockWrites`).
-    stream_out = traitlets.Bytes(b"").tag(sync=True)
-    attention = traitlets.Bytes(b"").tag(sync=True)
-    mlp = traitlets.Bytes(b"").tag(sync=True)
-    cos_attention = traitlets.Bytes(b"").tag(sync=True)
-    cos_mlp = traitlets.Bytes(b"").tag(sync=True)
+    stream_out = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    attention = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    mlp = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    cos_attention = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    cos_mlp = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: Parallel residual (GPT-NeoX): the MLP writes into the block's input, not input + attention.
     parallel = traitlets.Bool(False).tag(sync=True)
 

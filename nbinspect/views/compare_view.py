@@ -25,13 +25,13 @@ class CompareView(LinkedView):
     names = traitlets.List(traitlets.Unicode(), default_value=["A", "B"]).tag(sync=True)
     kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: float32 [kinds, layers] relative change (NaN: no such tensor in that layer).
-    grid = traitlets.Bytes(b"").tag(sync=True)
+    grid = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: Kinds outside the layers (embeddings, final norm, head) and their float32 relative change.
     outside_kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    outside = traitlets.Bytes(b"").tag(sync=True)
+    outside = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The pieces that changed most: names and float32 relative changes.
     top_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    top_values = traitlets.Bytes(b"").tag(sync=True)
+    top_values = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     identical = traitlets.Bool(False).tag(sync=True)
     #: Colour scale on log10 of the change (changes span orders of magnitude between kinds).
     log_scale = traitlets.Bool(True).tag(sync=True)

@@ -37,7 +37,7 @@ class GenerationView(anywidget.AnyWidget):
     prompt_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: Generated token texts so far, and float32 [steps] the probability each had when it was chosen.
     generated = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    chosen_probs = traitlets.Bytes(b"").tag(sync=True)
+    chosen_probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
     running = traitlets.Bool(False).tag(sync=True)
@@ -51,18 +51,18 @@ class GenerationView(anywidget.AnyWidget):
     shown_step = traitlets.Int(-1).tag(sync=True)
     #: Top candidates of the shown step: their texts and float32 probabilities.
     candidates = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    candidate_probs = traitlets.Bytes(b"").tag(sync=True)
+    candidate_probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: uint8 [layers, heads, context] the last position's attention; float32 [layers, heads] scales.
-    attention = traitlets.Bytes(b"").tag(sync=True)
-    attention_scales = traitlets.Bytes(b"").tag(sync=True)
+    attention = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    attention_scales = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     context = traitlets.Int(0).tag(sync=True)
     #: Logit lens of the shown step: each layer's top token, its probability, and the chosen token's.
     lens_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    lens_probs = traitlets.Bytes(b"").tag(sync=True)
-    lens_chosen = traitlets.Bytes(b"").tag(sync=True)
+    lens_probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    lens_chosen = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: After ``view.edit(...)``: the continuation generated under the edits, its probabilities, and the edits.
     edited = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    edited_probs = traitlets.Bytes(b"").tag(sync=True)
+    edited_probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     edits_label = traitlets.Unicode("").tag(sync=True)
     edited_running = traitlets.Bool(False).tag(sync=True)
     painted = traitlets.Int(0).tag(sync=True)

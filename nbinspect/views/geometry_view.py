@@ -37,7 +37,7 @@ class GeometryView(View):
     _esm = bundle("geometry_view")
 
     #: float32 ``[layers, n_points, 2]``: every layer's coordinates (aligned between layers).
-    coords = traitlets.Bytes(b"").tag(sync=True)
+    coords = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     n_points = traitlets.Int(0).tag(sync=True)
     #: The first ``n_main`` points are the trace's own tokens (clickable: they set the selection's token).
     n_main = traitlets.Int(0).tag(sync=True)
@@ -50,7 +50,7 @@ class GeometryView(View):
     #: "position", "token", "neuron" (the selection's neuron at the selected layer) or "label".
     color_by = traitlets.Unicode("position").tag(sync=True)
     #: float32 [n_points] values for continuous colouring, or int32 [n_points] categories; see ``color_kind``.
-    color_values = traitlets.Bytes(b"").tag(sync=True)
+    color_values = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: "sequential", "diverging" or "categorical".
     color_kind = traitlets.Unicode("sequential").tag(sync=True)
     #: Category names for "categorical" colouring (token texts or text labels).
@@ -59,7 +59,7 @@ class GeometryView(View):
     color_of = traitlets.Unicode("").tag(sync=True)
     #: Nearest vocabulary entries to the selected token's input embedding, and their cosines (float32 bytes).
     nearest = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    nearest_cosines = traitlets.Bytes(b"").tag(sync=True)
+    nearest_cosines = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     nearest_of = traitlets.Int(-1).tag(sync=True)
     neuron = traitlets.Int(-1)
     #: Why a projection failed (e.g. t-SNE on too few tokens); "" when it did not.

@@ -222,7 +222,7 @@ class GradientView(View):
     #: ``None``: the method's default (relevance at the input, rollout / flow through every block).
     strip_layer = traitlets.Int(None, allow_none=True).tag(sync=True)
     #: float32 [tokens] scores of ``method`` (signed for gradient × input, integrated gradients, relevance).
-    scores = traitlets.Bytes(b"").tag(sync=True)
+    scores = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     scores_of = traitlets.Unicode("").tag(sync=True)
     #: The layer ``scores`` are of (a layered method), else ``None``.
     scores_layer = traitlets.Int(None, allow_none=True).tag(sync=True)

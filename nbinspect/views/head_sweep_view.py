@@ -38,11 +38,11 @@ class HeadSweepView(anywidget.AnyWidget):
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
     #: uint8 [n_layers, n_heads] effect (128 = 0, 0 = not measured) and the |effect| of a full-colour cell.
-    effect = traitlets.Bytes(b"").tag(sync=True)
+    effect = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     scale = traitlets.Float(1.0).tag(sync=True)
     #: int32 [k, 2] (layer, head) of the heads with the largest |effect|, and their float32 [k] effects.
-    top = traitlets.Bytes(b"").tag(sync=True)
-    top_effects = traitlets.Bytes(b"").tag(sync=True)
+    top = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    top_effects = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     metric_label = traitlets.Unicode("").tag(sync=True)
     ablation = traitlets.Unicode("zero").tag(sync=True)
     base_value = traitlets.Float(0.0).tag(sync=True)

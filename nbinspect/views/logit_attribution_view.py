@@ -36,8 +36,8 @@ class LogitAttributionView(TraceView):
     #: Mirrored from the selection both ways, like ``layer`` and ``token``.
     head = traitlets.Int(0)
     #: float32 [layers, heads] and float32 [layers]: each head's and each MLP's contribution to the logit.
-    heads = traitlets.Bytes(b"").tag(sync=True)
-    mlp = traitlets.Bytes(b"").tag(sync=True)
+    heads = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    mlp = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     embeddings = traitlets.Float(0.0).tag(sync=True)
     remainder = traitlets.Float(0.0).tag(sync=True)
     #: The model's logit (or logit difference) that the parts sum to, and the frozen norm scale.
@@ -47,8 +47,8 @@ class LogitAttributionView(TraceView):
     #: Head-type overlay: switched on by the browser or Python; uint8 [layers, heads] badge per head
     #: (0 none, 1 + index in ``head_type_names``), float32 [4, layers, heads] scores.
     show_head_types = traitlets.Bool(False).tag(sync=True)
-    head_types = traitlets.Bytes(b"").tag(sync=True)
-    head_type_scores = traitlets.Bytes(b"").tag(sync=True)
+    head_types = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    head_type_scores = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     head_type_names = traitlets.List(traitlets.Unicode(), default_value=list(rs.HEAD_TYPES)).tag(sync=True)
     badge_threshold = traitlets.Float(rs.BADGE_THRESHOLD).tag(sync=True)
 

@@ -48,17 +48,17 @@ class LogitLensView(TraceView):
     #: Texts of the distinct tokens any shown cell has in its top-k (clipped, drawn as text only).
     vocab = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: int32 token id of each ``vocab`` entry (what a click on it makes the target).
-    vocab_ids = traitlets.Bytes(b"").tag(sync=True)
+    vocab_ids = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: int32 [layers, columns, k] indices into ``vocab``; uint8 [layers, columns, k] probability × 255.
     #: Column ``c`` is token position ``window_start + c``.
-    top_tokens = traitlets.Bytes(b"").tag(sync=True)
-    top_probs = traitlets.Bytes(b"").tag(sync=True)
+    top_tokens = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    top_probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: float32 [layers, columns]: entropy (nats), KL(final ‖ layer) (nats), the target's probability;
     #: int32 [layers, columns]: the target's rank (0 = top).
-    entropy = traitlets.Bytes(b"").tag(sync=True)
-    kl = traitlets.Bytes(b"").tag(sync=True)
-    target_prob = traitlets.Bytes(b"").tag(sync=True)
-    target_rank = traitlets.Bytes(b"").tag(sync=True)
+    entropy = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    kl = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    target_prob = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    target_rank = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The target token the two target metrics are for (the shown one, even when ``target_token`` is -1).
     shown_target = traitlets.Int(-1).tag(sync=True)
     #: Columns in the bytes above (``window_size``, or fewer for a short text), and the token position of

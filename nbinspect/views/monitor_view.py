@@ -45,20 +45,20 @@ class MonitorView(anywidget.AnyWidget):
     running = traitlets.Bool(False).tag(sync=True)
     flag_ratio = traitlets.Float(FLAG_RATIO).tag(sync=True)
     #: int32 [points]: the last step each point covers.
-    steps = traitlets.Bytes(b"").tag(sync=True)
+    steps = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: float32 [points]: mean loss since the previous sample, total gradient norm, total update/weight.
-    loss = traitlets.Bytes(b"").tag(sync=True)
-    grad_total = traitlets.Bytes(b"").tag(sync=True)
-    update_total = traitlets.Bytes(b"").tag(sync=True)
+    loss = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    grad_total = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    update_total = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: float32 [points, layers] (grad_type: [points, types]), row-major.
-    grad_layer = traitlets.Bytes(b"").tag(sync=True)
-    grad_type = traitlets.Bytes(b"").tag(sync=True)
-    update_layer = traitlets.Bytes(b"").tag(sync=True)
-    act_mean = traitlets.Bytes(b"").tag(sync=True)
-    act_std = traitlets.Bytes(b"").tag(sync=True)
+    grad_layer = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    grad_type = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    update_layer = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    act_mean = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    act_std = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: uint8 [points, layers]: bit 1 vanishing, bit 2 exploding; step_flags uint8 [points]: + bit 4 non-finite.
-    flags = traitlets.Bytes(b"").tag(sync=True)
-    step_flags = traitlets.Bytes(b"").tag(sync=True)
+    flags = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    step_flags = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The highlighted layer (-1: none); the browser sets it on a click.
     layer = traitlets.Int(-1).tag(sync=True)
     #: Set by the browser after it paints a new history (tests and benchmarks wait on it).

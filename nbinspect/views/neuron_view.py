@@ -144,16 +144,16 @@ class NeuronView(View):
     #: Histogram bars on a log scale (counts span orders of magnitude around zero).
     log_counts = traitlets.Bool(True).tag(sync=True)
     #: int32 [k] neuron numbers, largest score first, and their float32 [k] scores.
-    top_indices = traitlets.Bytes(b"").tag(sync=True)
-    top_scores = traitlets.Bytes(b"").tag(sync=True)
+    top_indices = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    top_scores = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: uint8 [rows, k] heatmap (128 = 0), float32 [k] column scales (each neuron's largest |a|), tokens per row.
-    heatmap = traitlets.Bytes(b"").tag(sync=True)
-    heatmap_scales = traitlets.Bytes(b"").tag(sync=True)
+    heatmap = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    heatmap_scales = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     heatmap_rows = traitlets.Int(0).tag(sync=True)
     heatmap_block = traitlets.Int(1).tag(sync=True)
     #: int32 [bins] histogram of all the layer's activations and float32 [bins + 1] edges.
-    histogram = traitlets.Bytes(b"").tag(sync=True)
-    histogram_edges = traitlets.Bytes(b"").tag(sync=True)
+    histogram = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    histogram_edges = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     dead_fraction = traitlets.Float(0.0).tag(sync=True)
     #: -1 where saturation is not applicable (see ``saturation_note`` and the module docs).
     saturated_fraction = traitlets.Float(-1.0).tag(sync=True)
@@ -167,7 +167,7 @@ class NeuronView(View):
     shown_layer = traitlets.Int(-1).tag(sync=True)
     shown_rank_by = traitlets.Unicode("").tag(sync=True)
     #: uint8 [tokens] activation of the displayed neuron (128 = 0), its scale, and which [layer, neuron].
-    neuron_values = traitlets.Bytes(b"").tag(sync=True)
+    neuron_values = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     neuron_scale = traitlets.Float(0.0).tag(sync=True)
     neuron_of = traitlets.List(traitlets.Int(), default_value=[-1, -1]).tag(sync=True)
 

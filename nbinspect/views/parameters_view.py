@@ -40,8 +40,8 @@ class ParametersView(LinkedView):
     #: One entry per kind present, in anatomy.KINDS order.
     kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: float64 [kinds] parameters per kind (tied copies counted once) and bytes per kind.
-    kind_counts = traitlets.Bytes(b"").tag(sync=True)
-    kind_bytes = traitlets.Bytes(b"").tag(sync=True)
+    kind_counts = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    kind_bytes = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: One line of text per kind: tensors, shapes, dtype, device, tied tensors.
     kind_notes = traitlets.List(traitlets.Unicode()).tag(sync=True)
     total = traitlets.Float(0).tag(sync=True)
@@ -54,22 +54,22 @@ class ParametersView(LinkedView):
     focus_tensor = traitlets.Unicode("").tag(sync=True)
     #: The focused weights: a title, float32 [bins] counts over [lo, hi], and their statistics.
     focus_title = traitlets.Unicode("").tag(sync=True)
-    hist = traitlets.Bytes(b"").tag(sync=True)
+    hist = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     hist_range = traitlets.List(traitlets.Float(), default_value=[0.0, 1.0]).tag(sync=True)
     stats = traitlets.Dict().tag(sync=True)
     #: Expected counts per bin under each usual initialisation, float32 [laws, bins], and their labels.
     init_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    init_counts = traitlets.Bytes(b"").tag(sync=True)
+    init_counts = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: Ask for a freshly initialised copy (from_config) and show its histogram of the same weights.
     show_fresh = traitlets.Bool(False).tag(sync=True)
-    fresh_hist = traitlets.Bytes(b"").tag(sync=True)
+    fresh_hist = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     fresh_note = traitlets.Unicode("").tag(sync=True)
     #: std of each kind in each layer: names and float32 [kinds, layers] (NaN: none in that layer).
     std_kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    std_by_layer = traitlets.Bytes(b"").tag(sync=True)
+    std_by_layer = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: Ask for the singular values of the focused tensor (a matrix): float32, largest first.
     want_svd = traitlets.Bool(False).tag(sync=True)
-    svd = traitlets.Bytes(b"").tag(sync=True)
+    svd = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     svd_note = traitlets.Unicode("").tag(sync=True)
     #: Tensors of the focused kind (names), for the browser's tensor picker.
     kind_tensors = traitlets.List(traitlets.Unicode()).tag(sync=True)

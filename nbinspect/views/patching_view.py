@@ -59,10 +59,10 @@ class PatchingView(anywidget.AnyWidget):
     #: Which maps were computed, in the order drawn ("resid", "attn", "mlp", "heads").
     kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
     #: uint8 maps (128 = 0, 0 = not measured): resid [n_layers + 1, n], attn/mlp [n_layers, n], heads [n_layers, n_heads].
-    resid = traitlets.Bytes(b"").tag(sync=True)
-    attn = traitlets.Bytes(b"").tag(sync=True)
-    mlp = traitlets.Bytes(b"").tag(sync=True)
-    heads = traitlets.Bytes(b"").tag(sync=True)
+    resid = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    attn = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    mlp = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    heads = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The share a full-colour cell stands for (the largest |share|, at least 1).
     scale = traitlets.Float(1.0).tag(sync=True)
     #: Words for the title: the metric and the two unpatched values.

@@ -48,17 +48,17 @@ class RouterView(LinkedView):
     #: Why the view does not apply ("" when it does), shown instead of the charts.
     reason = traitlets.Unicode("").tag(sync=True)
     #: int32 [routed layers, experts]: tokens routed to each expert; float32 [routed layers]: their CV.
-    loads = traitlets.Bytes(b"").tag(sync=True)
-    cvs = traitlets.Bytes(b"").tag(sync=True)
+    loads = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    cvs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The routed layer the bytes below are for (the selection's layer, or the nearest routed one).
     shown_layer = traitlets.Int(-1).tag(sync=True)
     #: uint8 [rows, experts] router probabilities (p = q / 255), rows = tokens / block.
-    probs = traitlets.Bytes(b"").tag(sync=True)
+    probs = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     rows = traitlets.Int(0).tag(sync=True)
     block = traitlets.Int(1).tag(sync=True)
     #: int32 [tokens, k] the chosen experts of each token, float32 [tokens, k] their mixing weights.
-    chosen = traitlets.Bytes(b"").tag(sync=True)
-    chosen_weights = traitlets.Bytes(b"").tag(sync=True)
+    chosen = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
+    chosen_weights = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The selected expert (-1: none); the browser sets it on a click.
     expert = traitlets.Int(-1).tag(sync=True)
 
