@@ -91,7 +91,6 @@ async function render({ model, el: host }) {
     }
     if (ready()) {
       model.set("painted", model.get("painted") + 1);
-      model.save_changes();
     }
   }
 

@@ -195,7 +195,6 @@ async function render({ model, el: host }) {
     Object.assign(canvas.dataset, { top: TOP, rowHeight: rowH, rows: n });
     if (ready()) {
       model.set("painted", model.get("painted") + 1);
-      model.save_changes();
     }
   }
 

@@ -153,7 +153,6 @@ async function render({ model, el: host }) {
     if (!painted && L) {
       painted = true;
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

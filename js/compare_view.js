@@ -102,7 +102,6 @@ async function render({ model, el: host }) {
       "changed most: " + model.get("top_names").map((n, i) => `${n} ${num(top[i])}`).join(" · "),
     ].join("\n");
     model.set("painted", model.get("painted") + 1);
-    model.save_changes();
   }
 
   function cellAt(evt) {

@@ -32,7 +32,6 @@ async function render({ model, el: host, host: anywidgetHost }) {
   if (panelBox) drawn.push(renderChild(model, model.get("panel"), panelBox, anywidgetHost));
   for (const c of await Promise.all(drawn)) cleanups.push(c);
   model.set("painted", (model.get("painted") || 0) + 1);
-  model.save_changes();
   return () => cleanups.forEach((c) => c());
 }
 

@@ -292,7 +292,6 @@ async function render({ model, el: host }) {
     if (key !== paintedKey) {
       paintedKey = key;
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

@@ -290,7 +290,6 @@ async function render({ model, el: host }) {
     if (root.dataset.painted !== painted && n > 0) {
       root.dataset.painted = painted;
       model.set("painted", model.get("painted") + 1);
-      model.save_changes();
     }
   }
 

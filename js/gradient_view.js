@@ -195,7 +195,6 @@ async function render({ model, el: host, host: anywidgetHost }) {
     if (ready && root.dataset.painted !== paintedKey) {
       root.dataset.painted = paintedKey;
       model.set("painted", model.get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {
@@ -231,12 +230,16 @@ async function render({ model, el: host, host: anywidgetHost }) {
     sel.set({ token: -1 }, { throttle: true });
   });
 
-  const keys = ["scores", "scores_of", "scores_layer", "message", "unavailable", "method", "busy", "flags", "tokens"];
+  // Busy only shows or hides its label (see draw): no redraw of the strip for it.
+  const onBusy = () => root.classList.toggle("is-busy", model.get("busy"));
+  model.on("change:busy", onBusy);
+  const keys = ["scores", "scores_of", "scores_layer", "message", "unavailable", "method", "flags", "tokens"];
   for (const k of keys) model.on(`change:${k}`, schedule);
   sel.on(schedule);
   draw();
   return () => {
     if (frame) cancelAnimationFrame(frame);
+    model.off("change:busy", onBusy);
     for (const k of keys) model.off(`change:${k}`, schedule);
     sel.off(schedule);
     chartCleanup();

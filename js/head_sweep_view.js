@@ -150,7 +150,6 @@ async function render({ model, el: host }) {
     root.dataset.layer = String(layer);
     root.dataset.head = String(head);
     model.set("painted", model.get("painted") + 1);
-    model.save_changes();
   }
   const schedule = () => {
     if (!frame) frame = requestAnimationFrame(draw);

@@ -182,7 +182,6 @@ async function render({ model, el: host }) {
     if (paintedKey !== key) {
       paintedKey = key;
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

@@ -313,7 +313,6 @@ async function render({ model, el: host }) {
     if (image && paintedKey !== key) {
       paintedKey = key;
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

@@ -391,7 +391,6 @@ async function render({ model, el: host }) {
     if (key !== paintedKey) {
       paintedKey = key; // tell Python once per new history, not on every hover repaint
       model.set("painted", model.get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

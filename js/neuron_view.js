@@ -315,7 +315,6 @@ async function render({ model, el: host }) {
       paintedKey = key;
       root.dataset.painted = String(L);
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

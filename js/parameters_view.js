@@ -262,7 +262,6 @@ async function render({ model, el: host }) {
     paintSvd();
     paintStd();
     model.set("painted", model.get("painted") + 1);
-    model.save_changes();
   }
 
   let frameId = 0;

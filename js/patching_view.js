@@ -171,7 +171,6 @@ async function render({ model, el: host }) {
     root.dataset.token = String(sel.get("token"));
     root.dataset.head = String(sel.get("head"));
     model.set("painted", model.get("painted") + 1);
-    model.save_changes();
   }
   const schedule = () => {
     if (!frame) frame = requestAnimationFrame(draw);

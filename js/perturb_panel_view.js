@@ -180,7 +180,6 @@ async function render({ model, el: host, host: anywidgetHost }) {
     positions.replaceChildren();
     for (const pos of s.positions || []) positionTable(positions, pos);
     model.set("painted", (model.get("painted") || 0) + 1);
-    model.save_changes();
     // For automation: how many summaries this view has painted, and when the last one was.
     root.dataset.painted = String(model.get("painted"));
     root.dataset.paintedAt = String(performance.now());

@@ -323,7 +323,6 @@ async function render({ model, el: host }) {
       paintedKey = key;
       root.dataset.painted = String(shownL);
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {

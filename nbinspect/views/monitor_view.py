@@ -61,7 +61,9 @@ class MonitorView(anywidget.AnyWidget):
     step_flags = traitlets.Bytes(b"").tag(**codecs.BINARY_TRAIT)
     #: The highlighted layer (-1: none); the browser sets it on a click.
     layer = traitlets.Int(-1).tag(sync=True)
-    #: Set by the browser after it paints a new history (tests and benchmarks wait on it).
+    #: Counted by the browser on its copy of the model after it paints (tests and saved pages read it there). Not
+    #: sent back to Python, where it stays as it was: a message per paint cost the kernel and the page a round
+    #: trip on every slider edit.
     painted = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, monitor: Monitor | None = None, **kwargs):

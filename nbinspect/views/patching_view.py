@@ -76,7 +76,9 @@ class PatchingView(anywidget.AnyWidget):
     layer = traitlets.Int(0)
     token = traitlets.Int(-1)
     head = traitlets.Int(0)
-    #: Set by the browser after it paints (tests and benchmarks).
+    #: Counted by the browser on its copy of the model after it paints (tests and saved pages read it there). Not
+    #: sent back to Python, where it stays as it was: a message per paint cost the kernel and the page a round
+    #: trip on every slider edit.
     painted = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, result: PatchResult, selection: Selection | None = None, **kwargs):

@@ -236,7 +236,9 @@ class PerturbPanel(Exportable, anywidget.AnyWidget):
     busy = traitlets.Bool(False).tag(sync=True)
     #: Views drawn under the controls (by reference: each stays its own widget model).
     views = traitlets.List(traitlets.Instance(ipywidgets.Widget)).tag(sync=True, **ipywidgets.widget_serialization)
-    #: Incremented by the browser after each repaint (for tests and benchmarks).
+    #: Counted by the browser on its copy of the model after it paints (tests and saved pages read it there). Not
+    #: sent back to Python, where it stays as it was: a message per paint cost the kernel and the page a round
+    #: trip on every slider edit.
     painted = traitlets.Int(0).tag(sync=True)
 
     _CONTROLS = ("head_layer", "head", "head_factor", "neuron_layer", "neuron", "neuron_factor",

@@ -101,7 +101,9 @@ class LinkedView(anywidget.AnyWidget):
     #: Mirrored from ``selection`` both ways: clicks and hovers in the browser set them, setting them moves the views.
     layer = traitlets.Int(0)
     token = traitlets.Int(-1)
-    #: Set by the browser after it paints (used by tests and benchmarks).
+    #: Counted by the browser on its copy of the model after it paints (tests and saved pages read it there). Not
+    #: sent back to Python, where it stays as it was: a message per paint cost the kernel and the page a round
+    #: trip on every slider edit.
     painted = traitlets.Int(0).tag(sync=True)
 
     def _link(self, names: tuple[str, ...]) -> None:
