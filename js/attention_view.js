@@ -83,13 +83,66 @@ async function render({ model, el: host }) {
     return { L, H, T, left: 30, top: 16 };
   };
 
+  // The maps drawn last, and the layers whose tiles must be drawn again (a slider edit changes only the
+  // layers from the edited one on: colouring and scaling all 30 × 9 maps again took ~10–25 ms per edit).
+  let thumbBytes = null;
+  let staleLayers = null; // [first, end) or null: every layer
+  let tiles = null; // the thumbnails at their places in the grid, at the grid's size
+  let tilesKey = "";
+
   function rebuildThumbs() {
     const c = get("thumbnail_cells");
     const L = get("n_layers");
     const H = get("n_heads");
     const bytes = bytesOf(get("thumbnails"));
+    if (!(c > 0 && bytes.length === L * H * c * c)) {
+      thumbImage = thumbBytes = staleLayers = null;
+      return;
+    }
+    const per = H * c * c;
+    let [first, end] = [0, L];
+    if (thumbImage && thumbBytes && thumbBytes.length === bytes.length) {
+      [first, end] = [L, 0];
+      for (let l = 0; l < L; l++) {
+        for (let i = l * per, stop = i + per; i < stop; i++)
+          if (thumbBytes[i] !== bytes[i]) {
+            first = Math.min(first, l);
+            end = l + 1;
+            break;
+          }
+      }
+    }
     // One image, all maps stacked vertically: layer-major, head-minor, c rows each.
-    thumbImage = c > 0 && bytes.length === L * H * c * c ? mapImage(bytes, c, L * H * c) : null;
+    if (first < end) thumbImage = mapImage(bytes, c, L * H * c, undefined, thumbImage, [first * H * c, end * H * c]);
+    thumbBytes = bytes;
+    const pending = staleLayers && staleLayers[0] < staleLayers[1];
+    staleLayers = pending ? [Math.min(staleLayers[0], first), Math.max(staleLayers[1], end)] : [first, end];
+  }
+
+  /** The tiles canvas, with the thumbnails of the stale layers (all when the geometry changed) drawn again. */
+  function thumbTiles(L, H, T) {
+    const dpr = window.devicePixelRatio || 1;
+    const key = `${L},${H},${T},${dpr},${get("thumbnail_cells")}`;
+    if (!tiles || key !== tilesKey) {
+      tiles = document.createElement("canvas");
+      tiles.width = Math.round(H * (T + GAP) * dpr);
+      tiles.height = Math.round(L * (T + GAP) * dpr);
+      tilesKey = key;
+      staleLayers = [0, L];
+    }
+    if (staleLayers && staleLayers[0] < staleLayers[1]) {
+      const ctx = tiles.getContext("2d");
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.imageSmoothingEnabled = false;
+      const c = get("thumbnail_cells");
+      const [first, end] = staleLayers;
+      ctx.clearRect(0, first * (T + GAP), H * (T + GAP), (end - first) * (T + GAP));
+      grid.dataset.redrawnLayers = `${first},${end}`; // for tests: the layers whose tiles were drawn last
+      for (let l = first; l < end; l++)
+        for (let h = 0; h < H; h++) ctx.drawImage(thumbImage, 0, (l * H + h) * c, c, c, h * (T + GAP), l * (T + GAP), T, T);
+    }
+    staleLayers = [0, 0];
+    return tiles;
   }
 
   function rebuildFocus() {
@@ -114,20 +167,15 @@ async function render({ model, el: host }) {
     ctx.textAlign = "center";
     for (let h = 0; h < H; h++) if (T >= 14 || h % 2 === 0) ctx.fillText(`h${h}`, left + h * (T + GAP) + T / 2, top / 2);
     ctx.textAlign = "right";
-    const c = get("thumbnail_cells");
     for (let l = 0; l < L; l++) {
       const y = top + l * (T + GAP);
       if (T >= 14 || l % 2 === 0) ctx.fillText(`L${l}`, left - 4, y + T / 2);
-      for (let h = 0; h < H; h++) {
-        const x = left + h * (T + GAP);
-        if (thumbImage) ctx.drawImage(thumbImage, 0, (l * H + h) * c, c, c, x, y, T, T);
-        else {
-          ctx.fillStyle = "#eee";
-          ctx.fillRect(x, y, T, T);
-          ctx.fillStyle = "#666";
-        }
-      }
+      if (thumbImage) continue;
+      ctx.fillStyle = "#eee";
+      for (let h = 0; h < H; h++) ctx.fillRect(left + h * (T + GAP), y, T, T);
+      ctx.fillStyle = "#666";
     }
+    if (thumbImage) ctx.drawImage(thumbTiles(L, H, T), left, top, H * (T + GAP), L * (T + GAP));
     const b = badges();
     if (b) {
       // A square in each typed head's top-right corner, its letter inside when there is room.
@@ -245,7 +293,6 @@ async function render({ model, el: host }) {
     if (focusReady() && root.dataset.painted !== `${L},${H}`) {
       root.dataset.painted = `${L},${H}`;
       model.set("painted", get("painted") + 1);
-      model.save_changes();
     }
   }
   const schedule = () => {
@@ -361,7 +408,10 @@ async function render({ model, el: host }) {
   model.on("change:thumbnails", onThumbs);
   model.on("change:focus", onFocus);
   model.on("change:focus_of", schedule);
-  const watched = ["busy", "tokens", "show_head_types", "head_types", "head_types_reason"];
+  // Busy only shows or hides its label: redrawing both canvases for it cost a frame at each end of an edit.
+  const onBusy = () => root.classList.toggle("is-busy", get("busy"));
+  model.on("change:busy", onBusy);
+  const watched = ["tokens", "show_head_types", "head_types", "head_types_reason"];
   for (const k of watched) model.on(`change:${k}`, schedule);
   sel.on(schedule);
   rebuildThumbs();
@@ -373,6 +423,7 @@ async function render({ model, el: host }) {
     model.off("change:thumbnails", onThumbs);
     model.off("change:focus", onFocus);
     model.off("change:focus_of", schedule);
+    model.off("change:busy", onBusy);
     for (const k of watched) model.off(`change:${k}`, schedule);
     sel.off(schedule);
   };

@@ -21,26 +21,51 @@ export const LUT = (() => {
   return lut;
 })();
 
+// Each LUT as one 32-bit RGBA word per entry, written byte by byte in ImageData's own order (so whatever the
+// platform's endianness): a cell then costs one store instead of four.
+const lutWords = new WeakMap();
+function wordsOf(lut) {
+  let words = lutWords.get(lut);
+  if (!words) {
+    words = new Uint32Array(256);
+    const b = new Uint8Array(words.buffer);
+    for (let i = 0; i < 256; i++) {
+      b[i * 4] = lut[i * 3];
+      b[i * 4 + 1] = lut[i * 3 + 1];
+      b[i * 4 + 2] = lut[i * 3 + 2];
+      b[i * 4 + 3] = 255;
+    }
+    lutWords.set(lut, words);
+  }
+  return words;
+}
+const images = new WeakMap(); // canvas -> its ImageData, kept for the next update of some of its rows
+
 /**
  * An offscreen canvas holding `bytes` (uint8, row-major, width × height) through the colour ramp.
+ * Given the canvas it returned before (`into`, same size), only rows `rows[0]` to `rows[1]` - 1 are coloured
+ * and put again: a slider edit leaves the maps of the layers before the edited one as they were.
  * @param {Uint8Array} bytes
  */
-export function mapImage(bytes, width, height, lut = LUT) {
-  const canvas = document.createElement("canvas");
-  canvas.width = Math.max(1, width);
-  canvas.height = Math.max(1, height);
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(canvas.width, canvas.height);
-  const px = img.data;
-  const n = Math.min(bytes.length, width * height);
-  for (let i = 0; i < n; i++) {
-    const q = bytes[i] * 3;
-    px[i * 4] = lut[q];
-    px[i * 4 + 1] = lut[q + 1];
-    px[i * 4 + 2] = lut[q + 2];
-    px[i * 4 + 3] = 255;
+export function mapImage(bytes, width, height, lut = LUT, into = null, rows = null) {
+  const w = Math.max(1, width);
+  const h = Math.max(1, height);
+  let canvas = into;
+  let img = canvas && canvas.width === w && canvas.height === h ? images.get(canvas) : null;
+  let [r0, r1] = rows && img ? rows : [0, h];
+  if (!img) {
+    canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    img = canvas.getContext("2d").createImageData(w, h);
+    images.set(canvas, img);
+    [r0, r1] = [0, h];
   }
-  ctx.putImageData(img, 0, 0);
+  const px = new Uint32Array(img.data.buffer, img.data.byteOffset, w * h);
+  const words = wordsOf(lut);
+  const end = Math.min(bytes.length, width * r1, w * h);
+  for (let i = width * r0; i < end; i++) px[i] = words[bytes[i]];
+  if (r1 > r0) canvas.getContext("2d").putImageData(img, 0, 0, 0, r0, w, r1 - r0);
   return canvas;
 }
 

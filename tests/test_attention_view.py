@@ -1,5 +1,7 @@
 """AttentionView on tiny random models: what it shows equals eager attention, within the stated bound."""
 
+import base64
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,90 @@ def test_head_type_badges_switch_on_once_per_model(monkeypatch):
     view.show_head_types = False
     view.show_head_types = True
     assert len(probes) == 2
+
+
+# --- only the changed layers' thumbnails are drawn again, in Chromium --------------------------------------
+GRID_PAGE = """<!doctype html><meta charset="utf-8"><body><div id="a"></div><div id="b"></div>
+<script type="module">
+import view from "./attention_view.js";
+// Binary traits come as base64 of the bytes the kernel sends (stamp included), as DataViews like anywidget's.
+const decode = (s) => Object.fromEntries(Object.entries(s).map(([k, v]) =>
+  [k, v && typeof v === "object" && "b64" in v ? new DataView(Uint8Array.from(atob(v.b64), (c) => c.charCodeAt(0)).buffer) : v]));
+function fake(state, shared) {
+  const on = {};
+  const fire = (k) => { for (const f of (on["change:" + k] || [])) f(); for (const f of (on.change || [])) f(); };
+  return { get: (k) => state[k], set: (k, v) => { state[k] = v; }, on: (e, f) => { (on[e] = on[e] || []).push(f); },
+    off: (e, f) => { on[e] = (on[e] || []).filter((g) => g !== f); }, save_changes() {},
+    widget_manager: { get_model: async () => shared }, state, fire };
+}
+const { before, after, selection } = JSON.parse(document.getElementById("state").textContent);
+const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+const pixels = (host) => { const c = document.querySelector(`#${host} canvas.nbi-grid`);
+  return c.getContext("2d").getImageData(0, 0, c.width, c.height).data; };
+const differing = (x, y) => { if (x.length !== y.length) return -1; let n = 0; for (let i = 0; i < x.length; i++) n += x[i] !== y[i]; return n; };
+const live = fake(decode(before), fake(decode(selection)));
+await view.render({ model: live, el: document.getElementById("a") });
+await frame();
+const first = pixels("a").slice();
+// The edit arrives as the kernel sends it: every trait that changed, then one change event each.
+const next = decode(after);
+const changed = Object.keys(next).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(live.state[k]) || next[k] instanceof DataView);
+for (const k of changed) live.state[k] = next[k];
+for (const k of changed) live.fire(k);
+await frame();
+await view.render({ model: fake(decode(after), fake(decode(selection))), el: document.getElementById("b") });
+await frame();
+window.result = { editMoved: differing(first, pixels("a")), freshVsUpdated: differing(pixels("a"), pixels("b")),
+  redrawn: document.querySelector("#a canvas.nbi-grid").dataset.redrawnLayers };
+</script>"""
+
+
+def _page_state(widget) -> dict:
+    return {k: {"b64": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, memoryview)) else v
+            for k, v in widget.get_state().items() if k not in ("_esm", "_css")}  # get_state: bytes as sent
+
+
+@pytest.mark.browser
+def test_an_edit_redraws_the_changed_layers_as_a_fresh_view_draws_them(tmp_path):
+    """An edit at layer 0 changes the maps of the layers after it only: the grid colours and draws just those again, and the
+    result is pixel for pixel what a view drawn from scratch for the edited trace shows."""
+    import functools
+    import http.server
+    import json
+    import shutil
+    import threading
+    from pathlib import Path
+
+    from lab import chromium
+
+    from nbinspect.perturb import ScaleHead
+
+    view = nbinspect.attention(tiny("llama"), CharTokenizer(), TEXT, layer=1)
+    before = _page_state(view)
+    view.show(view.trace.with_edits([ScaleHead(0, 0, 0.0)]))
+    after = _page_state(view)
+    L, H, c = view.n_layers, view.n_heads, view.thumbnail_cells
+    per = H * c * c
+    old = base64.b64decode(before["thumbnails"]["b64"])[codecs.STAMP_BYTES:]
+    assert old[:per] == view.thumbnails[:per] and old[per:] != view.thumbnails[per:], "layer 0 same, layer 1 changed"
+    bundle = Path(nbinspect.__file__).parent / "static" / "attention_view.js"
+    shutil.copy(bundle, tmp_path / bundle.name)
+    state = {"before": before, "after": after, "selection": _page_state(view.selection)}
+    (tmp_path / "index.html").write_text(GRID_PAGE.replace(
+        "<body>", f'<body><script type="application/json" id="state">{json.dumps(state)}</script>'))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with chromium() as browser:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+            page.wait_for_function("window.result !== undefined", timeout=30_000)
+            result = page.evaluate("window.result")
+            assert not errors, errors
+    finally:
+        server.shutdown()
+    assert result["redrawn"] == f"1,{L}" and result["editMoved"] > 0, result  # only the changed layers, and it shows
+    assert result["freshVsUpdated"] == 0, result  # and exactly as a fresh view draws it
